@@ -1,0 +1,1 @@
+"""Dagster wiring: assets, resources, checks, schedules and sensors around cohorts/ and models/."""

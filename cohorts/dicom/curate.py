@@ -1,0 +1,584 @@
+"""Curate a raw CT archive into the "Curated cohort" contract (docs/ARCHITECTURE.md).
+
+Steps, each visible in ``curate_cohort``:
+
+1. walk ``raw/<cohort>/dicom`` and read every file's header in a pool (pixels deferred);
+2. group by SeriesInstanceUID; check type and geometry from headers (reasons in
+   ``cohorts.dicom.series``; file reasons in ``cohorts.dicom.scan``);
+3. per study, order the valid candidates (thinnest first) and decode them in a pool, one
+   series in memory per worker, until one is accepted; the others are ``not_selected``;
+4. save HU volumes at native spacing and nodule crops from ``annotations.csv``;
+5. link each patient's scans in time and match nodules across them (nearest centre within
+   ``nodule_match_tolerance_mm`` -> same ``nodule_id``);
+6. write index / quarantine / nodules / labels parquet files atomically.
+
+Ids are pseudonymised with ``cohorts.privacy``; no header text other than the ids' keyed
+hashes, modality and (shifted) dates reaches the outputs. The only raw strings written are
+file paths relative to the raw cohort directory, in ``quarantine.parquet``, so an operator
+can find a bad file; components naming a patient or a UID are redacted (``redact_path``). A per-series fingerprint (file paths, sizes, mtimes, its annotation
+rows, crop parameters) makes reruns idempotent: an unchanged series is never decoded again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import multiprocessing
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from cohorts.dicom.crops import nodule_crop
+from cohorts.dicom.scan import (
+    SliceHeader,
+    group_headers,
+    iter_files,
+    read_header_or_skip,
+    redact_path,
+)
+from cohorts.dicom.series import (
+    SeriesError,
+    SeriesGeometry,
+    select_series,
+    validate_headers,
+    volume_from_geometry,
+)
+from cohorts.files import atomic_output
+from cohorts.privacy import date_shift_days, pseudonym_key, pseudonymise, shift_date
+
+CURATION_VERSION = "1"
+_STR, _F64, _I64 = pa.string(), pa.float64(), pa.int64()
+INDEX_SCHEMA = pa.schema(
+    [
+        ("patient_id", _STR), ("series_id", _STR), ("study_id", _STR), ("study_date", _STR),
+        ("modality", _STR), ("n_slices", _I64),
+        ("spacing_mm_z", _F64), ("spacing_mm_y", _F64), ("spacing_mm_x", _F64),
+        ("shape_z", _I64), ("shape_y", _I64), ("shape_x", _I64),
+        ("status", _STR), ("reason", _STR), ("volume_path", _STR),
+        ("slice_thickness_mm", _F64),
+        ("origin_mm_x", _F64), ("origin_mm_y", _F64), ("origin_mm_z", _F64),
+        ("direction", pa.list_(_F64)),  # 3x3 row-major, columns = voxel x, y, z axes (LPS)
+        ("fingerprint", _STR),
+    ]
+)  # fmt: skip
+QUARANTINE_SCHEMA = pa.schema([("file", _STR), ("reason", _STR), ("series_id", _STR)])
+NODULE_SCHEMA = pa.schema(
+    [
+        ("patient_id", _STR), ("series_id", _STR), ("study_date", _STR), ("nodule_id", _STR),
+        ("coord_x_mm", _F64), ("coord_y_mm", _F64), ("coord_z_mm", _F64), ("diameter_mm", _F64),
+        ("crop_path", _STR), ("annotation_index", _I64),
+    ]
+)  # fmt: skip
+LABEL_SCHEMA = pa.schema(
+    [("patient_id", _STR), ("series_id", _STR), ("malignant", pa.int8()), ("diagnosis_date", _STR)]
+)
+INDEX_COLUMNS = INDEX_SCHEMA.names
+QUARANTINE_COLUMNS = QUARANTINE_SCHEMA.names
+NODULE_COLUMNS = NODULE_SCHEMA.names
+LABEL_COLUMNS = LABEL_SCHEMA.names
+
+
+@dataclass(frozen=True)
+class CurationConfig:
+    """Curation knobs, mirrored 1:1 by ``params.yaml`` section ``curate``."""
+
+    crop_size_vox: int = 32
+    crop_spacing_mm: float = 1.0
+    min_slices: int = 16
+    workers: int = 2
+    pseudonym_key: bytes = b"lungjepa-demo-key-not-secret"
+    date_shift_max_days: int = 0
+    nodule_match_tolerance_mm: float = 10.0
+
+    @classmethod
+    def from_params(cls, section: Mapping[str, Any]) -> CurationConfig:
+        """From ``params.yaml`` section ``curate``; LUNGJEPA_PSEUDONYM_KEY overrides the key."""
+        names = {f.name for f in fields(cls)} - {"pseudonym_key"}
+        known = {k: v for k, v in section.items() if k in names}
+        return cls(**known, pseudonym_key=pseudonym_key(section.get("pseudonym_key")))
+
+
+@dataclass
+class CurationSummary:
+    """What a run did; ``to_dict`` is what orchestration attaches as metadata."""
+
+    accepted: int = 0
+    quarantined: dict[str, int] = field(default_factory=dict)
+    unreadable_files: int = 0
+    nodules: int = 0
+    series_found: int = 0
+    series_processed: int = 0
+    series_reused: int = 0
+    slices_processed: int = 0
+    skipped_files: int = 0
+    nodules_outside_volume: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One series to decode in a worker (picklable)."""
+
+    geometry: SeriesGeometry
+    series_id: str
+    annotations: tuple[tuple[int, float, float, float, float], ...]  # (row, x, y, z, diam)
+    out_dir: Path
+    crop_size_vox: int
+    crop_spacing_mm: float
+
+
+@dataclass
+class _Outcome:
+    series_id: str
+    error: SeriesError | None
+    nodules: list[dict[str, Any]]
+    outside: int
+    n_slices: int
+
+
+# ---------------------------------------------------------------- atomic files
+
+
+def save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array, allow_pickle=False)
+
+
+def save_parquet_atomic(path: Path, frame: pd.DataFrame, schema: pa.Schema) -> None:
+    """Parquet with a fixed schema, so an empty or all-quarantined cohort has the same types."""
+    frame = frame.reindex(columns=schema.names).astype(object)
+    frame = frame.where(frame.notna(), None)
+    table = pa.Table.from_pandas(
+        frame, schema=schema, preserve_index=False
+    ).replace_schema_metadata()
+    with atomic_output(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+# ---------------------------------------------------------------- workers
+
+
+def _process(job: _Job) -> _Outcome:
+    """Decode one series, save its volume and crops; never raises for data problems."""
+    try:
+        volume = volume_from_geometry(job.geometry)
+    except SeriesError as err:
+        return _Outcome(job.series_id, err, [], 0, len(job.geometry.headers))
+    save_npy_atomic(job.out_dir / "volumes" / f"{job.series_id}.npy", volume.hu)
+    nodules: list[dict[str, Any]] = []
+    outside = 0
+    for n, (row, x, y, z, diameter) in enumerate(job.annotations):
+        try:
+            crop = nodule_crop(volume, (x, y, z), job.crop_size_vox, job.crop_spacing_mm)
+        except ValueError:
+            outside += 1
+            continue
+        rel = f"crops/{job.series_id}_{n}.npy"
+        save_npy_atomic(job.out_dir / rel, crop)
+        nodules.append(
+            {"series_id": job.series_id, "coord_x_mm": x, "coord_y_mm": y, "coord_z_mm": z,
+             "diameter_mm": diameter, "crop_path": rel, "annotation_index": row}
+        )  # fmt: skip
+    return _Outcome(job.series_id, None, nodules, outside, volume.hu.shape[0])
+
+
+def _pool_map(
+    func: Callable[[Any], Any], items: list[Any], workers: int, desc: str, progress: bool
+) -> Iterator[Any]:
+    """Unordered map over a process pool (in-process for one worker), with a tqdm bar."""
+    if not items:
+        return iter(())
+    bar = tqdm(total=len(items), desc=desc, disable=not progress, unit="it")
+
+    def tick(results: Iterable[Any]) -> Iterator[Any]:
+        for result in results:
+            bar.update(1)
+            yield result
+        bar.close()
+
+    if workers <= 1 or len(items) == 1:
+        return tick(map(func, items))
+    chunk = max(1, len(items) // (workers * 8))
+    pool = multiprocessing.get_context().Pool(min(workers, len(items)))
+
+    def run() -> Iterator[Any]:
+        try:
+            yield from tick(pool.imap_unordered(func, items, chunksize=chunk))
+        finally:
+            pool.close()
+            pool.join()
+
+    return run()
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _iso_date(dicom_date: str, shift_days: int) -> str | None:
+    """DICOM ``YYYYMMDD`` (or ISO) -> shifted ISO ``YYYY-MM-DD``; None when absent or bad."""
+    text = dicom_date.strip().replace("-", "")[:8]
+    try:
+        day = dt.datetime.strptime(text, "%Y%m%d").date()
+    except ValueError:
+        return None
+    return shift_date(day, shift_days).isoformat()
+
+
+def _fingerprint(
+    headers: list[SliceHeader], raw_dir: Path, annotations: tuple[Any, ...], config: CurationConfig
+) -> str:
+    parts = sorted(
+        f"{h.path.relative_to(raw_dir).as_posix()}|{h.size_bytes}|{h.mtime_ns}" for h in headers
+    )
+    payload = json.dumps(
+        [CURATION_VERSION, parts, list(annotations), config.crop_size_vox, config.crop_spacing_mm]
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def _require_columns(frame: pd.DataFrame, path: Path, columns: list[str]) -> None:
+    """A CSV that breaks its contract is an unusable argument, not a data problem."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path} lacks columns {missing}; expected {columns}")
+
+
+def _read_annotations(
+    raw_dir: Path,
+) -> dict[str, tuple[tuple[int, float, float, float, float], ...]]:
+    path = raw_dir / "annotations.csv"
+    if not path.exists():
+        return {}
+    frame = pd.read_csv(path, dtype={"seriesuid": str})
+    _require_columns(frame, path, ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"])
+    out: dict[str, list[tuple[int, float, float, float, float]]] = {}
+    for row, rec in enumerate(frame.itertuples(index=False)):
+        out.setdefault(str(rec.seriesuid), []).append(
+            (row, float(rec.coordX), float(rec.coordY), float(rec.coordZ), float(rec.diameter_mm))
+        )
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _read_previous(out_dir: Path) -> tuple[dict[str, dict[str, Any]], pd.DataFrame, pd.DataFrame]:
+    """Previous index rows by series_id, previous nodules and quarantine (empty if none)."""
+    index_path, nodules_path, quarantine_path = (
+        out_dir / "index.parquet",
+        out_dir / "nodules.parquet",
+        out_dir / "quarantine.parquet",
+    )
+    index = pd.read_parquet(index_path) if index_path.exists() else pd.DataFrame()
+    nodules = pd.read_parquet(nodules_path) if nodules_path.exists() else pd.DataFrame()
+    quarantine = pd.read_parquet(quarantine_path) if quarantine_path.exists() else pd.DataFrame()
+    if "fingerprint" not in index.columns:
+        return {}, pd.DataFrame(columns=NODULE_COLUMNS), pd.DataFrame(columns=QUARANTINE_COLUMNS)
+    return {r["series_id"]: r for r in index.to_dict("records")}, nodules, quarantine
+
+
+def _match_nodules(nodules: pd.DataFrame, tolerance_mm: float, key: bytes) -> pd.Series:
+    """Nodule ids stable across a patient's scans: greedy nearest-centre matching in time."""
+    ids = pd.Series("", index=nodules.index, dtype=object)
+    for patient_id, group in nodules.groupby("patient_id", sort=True):
+        tracks: list[np.ndarray] = []  # last known centre of each tracked nodule
+        order = group.sort_values(
+            ["study_date", "series_id", "annotation_index"], na_position="first"
+        )
+        for _, scan in order.groupby(["study_date", "series_id"], sort=False, dropna=False):
+            centres = scan[["coord_x_mm", "coord_y_mm", "coord_z_mm"]].to_numpy(dtype=float)
+            assigned: dict[int, int] = {}
+            if tracks:
+                dist = np.linalg.norm(centres[:, None, :] - np.stack(tracks)[None], axis=2)
+                for flat in np.argsort(dist, axis=None):
+                    i, t = np.unravel_index(flat, dist.shape)
+                    if dist[i, t] > tolerance_mm:
+                        break
+                    if i not in assigned and t not in assigned.values():
+                        assigned[int(i)] = int(t)
+            for i, idx in enumerate(scan.index):
+                t = assigned.get(i)
+                if t is None:
+                    tracks.append(centres[i])
+                    t = len(tracks) - 1
+                else:
+                    tracks[t] = centres[i]
+                ids[idx] = pseudonymise(f"{patient_id}:{t}", key, "nodule")
+    return ids
+
+
+# ---------------------------------------------------------------- driver
+
+
+def curate_cohort(
+    raw_dir: Path, out_dir: Path, config: CurationConfig, progress: bool = True
+) -> CurationSummary:
+    """Curate ``raw_dir`` (``data/raw/<cohort>``) into ``out_dir`` (``data/curated/<cohort>``).
+
+    Raises only for unusable arguments (no ``dicom/`` folder: FileNotFoundError; output not
+    writable: PermissionError; annotations.csv or labels.csv without their contract columns:
+    ValueError); every problem with the images becomes a quarantine reason.
+    """
+    started = time.perf_counter()
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    dicom_dir = raw_dir / "dicom"
+    if not dicom_dir.is_dir():
+        raise FileNotFoundError(f"raw cohort {raw_dir} has no dicom/ directory ({dicom_dir})")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".probe."):
+            pass
+    except OSError as exc:
+        raise PermissionError(f"curated output directory {out_dir} is not writable: {exc}") from exc
+    key = config.pseudonym_key
+    summary = CurationSummary()
+
+    # 1-2. headers, grouped by series
+    files = list(iter_files(dicom_dir))
+    scan = group_headers(_pool_map(read_header_or_skip, files, config.workers, "headers", progress))
+    summary.skipped_files = len(scan.skipped_files)
+    annotations = _read_annotations(raw_dir)
+    previous, prev_nodules, prev_quarantine = _read_previous(out_dir)
+
+    identifiers = {i for headers in scan.series.values() for h in headers for i in h.identifiers}
+
+    def rel(path: Path) -> str:
+        return redact_path(path.relative_to(raw_dir).as_posix(), identifiers, key)
+
+    rows: dict[str, dict[str, Any]] = {}
+    quarantine: list[dict[str, Any]] = [
+        {"file": rel(p), "reason": reason, "series_id": None} for p, reason in scan.bad_files
+    ]
+    candidates: dict[str, dict[str, SeriesGeometry]] = {}  # study -> series_id -> geometry
+    fingerprints: dict[str, str] = {}
+    series_annotations: dict[str, tuple[Any, ...]] = {}
+    for series_uid in sorted(scan.series):
+        headers = scan.series[series_uid]
+        first = headers[0]
+        series_id = pseudonymise(series_uid, key, "series")
+        shift = date_shift_days(first.patient_id, key, config.date_shift_max_days)
+        series_annotations[series_id] = annotations.get(series_uid, ())
+        fingerprints[series_id] = _fingerprint(
+            headers, raw_dir, series_annotations[series_id], config
+        )
+        rows[series_id] = {
+            "patient_id": pseudonymise(first.patient_id, key, "patient"),
+            "series_id": series_id,
+            "study_id": pseudonymise(first.study_uid or series_uid, key, "study"),
+            "study_date": _iso_date(first.study_date, shift),
+            "modality": first.modality or None,
+            "n_slices": len(headers),
+            "status": "quarantined",
+            "reason": "",
+            "volume_path": None,
+            "fingerprint": fingerprints[series_id],
+        }
+        quarantine.extend(
+            {"file": rel(h.path), "reason": h.problem, "series_id": series_id}
+            for h in headers
+            if h.problem
+        )
+        try:
+            geometry = validate_headers(headers, config.min_slices)
+        except SeriesError as err:
+            rows[series_id]["reason"] = err.index_reason
+            continue
+        rows[series_id].update(_geometry_columns(geometry))
+        candidates.setdefault(rows[series_id]["study_id"], {})[series_id] = geometry
+
+    # 3-4. per study, decode candidates in order until one is accepted
+    queues = {study: select_series(c) for study, c in candidates.items()}
+    nodule_rows: list[dict[str, Any]] = []
+    while queues:
+        jobs: list[_Job] = []
+        for study in list(queues):
+            queue = queues[study]
+            while queue:
+                series_id = queue[0]
+                prev = previous.get(series_id)
+                if prev is None or prev["fingerprint"] != fingerprints[series_id]:
+                    jobs.append(
+                        _Job(candidates[study][series_id], series_id, series_annotations[series_id],
+                             out_dir, config.crop_size_vox, config.crop_spacing_mm)
+                    )  # fmt: skip
+                    break
+                reused = _reuse(prev, series_id, out_dir, prev_nodules, prev_quarantine)
+                if reused is None:  # files vanished from out_dir: decode again
+                    jobs.append(
+                        _Job(candidates[study][series_id], series_id, series_annotations[series_id],
+                             out_dir, config.crop_size_vox, config.crop_spacing_mm)
+                    )  # fmt: skip
+                    break
+                summary.series_reused += 1
+                ok, old_nodules, old_quarantine = reused
+                quarantine.extend(old_quarantine)
+                queue.pop(0)
+                if ok:
+                    rows[series_id].update(status="ok", reason="", volume_path=prev["volume_path"])
+                    nodule_rows.extend(old_nodules)
+                    _mark_not_selected(rows, queue, series_id)
+                    queue.clear()
+                    break
+                rows[series_id]["reason"] = prev["reason"]
+            if not queue:
+                del queues[study]
+        if not jobs:
+            continue
+        study_of = {job.series_id: rows[job.series_id]["study_id"] for job in jobs}
+        for outcome in _pool_map(_process, jobs, config.workers, "series", progress):
+            summary.series_processed += 1
+            summary.slices_processed += outcome.n_slices
+            summary.nodules_outside_volume += outcome.outside
+            queue = queues[study_of[outcome.series_id]]
+            queue.remove(outcome.series_id)
+            row = rows[outcome.series_id]
+            if outcome.error is None:
+                row.update(status="ok", reason="", volume_path=f"volumes/{outcome.series_id}.npy")
+                nodule_rows.extend(outcome.nodules)
+                _mark_not_selected(rows, queue, outcome.series_id)
+                queue.clear()
+            else:
+                row["reason"] = outcome.error.index_reason
+                quarantine.extend(
+                    {"file": rel(p), "reason": outcome.error.reason, "series_id": outcome.series_id}
+                    for p in outcome.error.files
+                )
+            if not queue:
+                del queues[study_of[outcome.series_id]]
+
+    # 5. link scans in time, match nodules
+    index = pd.DataFrame([rows[s] for s in sorted(rows)]).reindex(columns=INDEX_COLUMNS)
+    index = index.astype(
+        {"n_slices": "Int64", "shape_z": "Int64", "shape_y": "Int64", "shape_x": "Int64"}
+    )
+    nodules = pd.DataFrame(nodule_rows).reindex(columns=NODULE_COLUMNS)
+    if len(nodules):
+        meta = index.set_index("series_id")
+        nodules["patient_id"] = nodules["series_id"].map(meta["patient_id"])
+        nodules["study_date"] = nodules["series_id"].map(meta["study_date"])
+        nodules["nodule_id"] = _match_nodules(nodules, config.nodule_match_tolerance_mm, key)
+        nodules = nodules.sort_values(["patient_id", "study_date", "series_id", "annotation_index"])
+    quarantine_frame = pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS).drop_duplicates()
+
+    # 6. write
+    _remove_stale(out_dir, index, nodules)
+    save_parquet_atomic(out_dir / "index.parquet", index, INDEX_SCHEMA)
+    save_parquet_atomic(out_dir / "quarantine.parquet", quarantine_frame, QUARANTINE_SCHEMA)
+    save_parquet_atomic(out_dir / "nodules.parquet", nodules, NODULE_SCHEMA)
+    save_parquet_atomic(out_dir / "labels.parquet", _labels(raw_dir, config), LABEL_SCHEMA)
+
+    summary.series_found = len(index)
+    summary.accepted = int((index["status"] == "ok").sum()) if len(index) else 0
+    reasons = (
+        index.loc[index["status"] != "ok", "reason"] if len(index) else pd.Series([], dtype=str)
+    )
+    summary.quarantined = dict(Counter(r.split(":")[0] for r in reasons))
+    summary.unreadable_files = len(quarantine_frame)
+    summary.nodules = len(nodules)
+    summary.seconds = round(time.perf_counter() - started, 3)
+    return summary
+
+
+def _geometry_columns(geometry: SeriesGeometry) -> dict[str, Any]:
+    sz, sy, sx = geometry.spacing_mm
+    nz, ny, nx = geometry.shape
+    ox, oy, oz = geometry.origin_mm
+    return {
+        "spacing_mm_z": sz, "spacing_mm_y": sy, "spacing_mm_x": sx,
+        "shape_z": nz, "shape_y": ny, "shape_x": nx,
+        "slice_thickness_mm": geometry.slice_thickness_mm,
+        "origin_mm_x": ox, "origin_mm_y": oy, "origin_mm_z": oz,
+        "direction": [float(v) for v in geometry.direction.ravel()],
+    }  # fmt: skip
+
+
+def _mark_not_selected(rows: dict[str, dict[str, Any]], others: list[str], chosen: str) -> None:
+    for series_id in others:
+        if series_id != chosen:
+            rows[series_id].update(
+                status="quarantined", reason=f"not_selected: study uses {chosen}"
+            )
+
+
+def _reuse(
+    prev: dict[str, Any],
+    series_id: str,
+    out_dir: Path,
+    prev_nodules: pd.DataFrame,
+    prev_quarantine: pd.DataFrame,
+) -> tuple[bool, list[dict[str, Any]], list[dict[str, Any]]] | None:
+    """Previous outcome of an unchanged series, or None when its files are gone."""
+    old_quarantine = (
+        prev_quarantine[prev_quarantine["series_id"] == series_id].to_dict("records")
+        if len(prev_quarantine)
+        else []
+    )
+    if prev["status"] == "ok":
+        old = (
+            prev_nodules[prev_nodules["series_id"] == series_id]
+            if len(prev_nodules)
+            else prev_nodules
+        )
+        paths = [out_dir / str(prev["volume_path"])] + [
+            out_dir / p for p in old.get("crop_path", [])
+        ]
+        if not all(p.exists() for p in paths):
+            return None
+        keep = ["series_id", "coord_x_mm", "coord_y_mm", "coord_z_mm", "diameter_mm", "crop_path",
+                "annotation_index"]  # fmt: skip
+        records = old[keep].to_dict("records") if len(old) else []
+        for record in records:
+            record["annotation_index"] = int(record["annotation_index"])
+        return True, records, old_quarantine
+    reason = str(prev["reason"])
+    if not reason or reason.startswith("not_selected"):
+        return None  # never decoded: decode now
+    return False, [], old_quarantine
+
+
+def _remove_stale(out_dir: Path, index: pd.DataFrame, nodules: pd.DataFrame) -> None:
+    """Delete volumes and crops that no current row points to (a series dropped or changed)."""
+    keep = set(index["volume_path"].dropna()) | set(nodules["crop_path"].dropna())
+    for sub in ("volumes", "crops"):
+        folder = out_dir / sub
+        if folder.is_dir():
+            for path in folder.glob("*.npy"):
+                if f"{sub}/{path.name}" not in keep:
+                    path.unlink(missing_ok=True)
+
+
+def _labels(raw_dir: Path, config: CurationConfig) -> pd.DataFrame:
+    """labels.csv with pseudonymised ids and the patient's date shift applied."""
+    path = raw_dir / "labels.csv"
+    if not path.exists():
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in LABEL_COLUMNS}).astype(
+            {"malignant": "Int8"}
+        )
+    frame = pd.read_csv(path, dtype={"person_id": str, "seriesuid": str, "diagnosis_date": str})
+    _require_columns(frame, path, ["person_id", "seriesuid", "malignant", "diagnosis_date"])
+    key = config.pseudonym_key
+    out = pd.DataFrame(
+        {
+            "patient_id": [pseudonymise(p, key, "patient") for p in frame["person_id"]],
+            "series_id": [pseudonymise(s, key, "series") for s in frame["seriesuid"]],
+            "malignant": frame["malignant"].astype("Int8"),
+            "diagnosis_date": [
+                _iso_date(d, date_shift_days(p, key, config.date_shift_max_days))
+                if isinstance(d, str)
+                else None
+                for p, d in zip(frame["person_id"], frame["diagnosis_date"], strict=True)
+            ],
+        }
+    )
+    return out.reindex(columns=LABEL_COLUMNS)

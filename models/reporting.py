@@ -1,0 +1,207 @@
+"""docs/RESULTS.md and its figures, rendered from measured metrics only.
+
+Why: results must be regenerated from metrics/evaluation.json, never typed in. The only
+literal numbers here are the paper's published AUCs (PAPER_AUC), shown in a column labelled
+as the paper's so a reader can compare, never mixed with ours.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from models.evaluation import MODELS
+from models.onnx_runtime import atomic_write_bytes
+
+PAPER_SOURCE = "Li et al., arXiv 2509.15470 (2025), abstract"
+# Published AUCs (malignant vs benign) from the paper's abstract; None where not reported.
+PAPER_AUC: dict[str, dict[str, float]] = {
+    "internal": {"jepa": 0.91, "multimodal": 0.88, "imaging_only": 0.73},
+    "external": {"jepa": 0.72, "imaging_only": 0.75},
+}
+
+MODEL_LABELS: dict[str, str] = {
+    "jepa": "JEPA-pretrained, finetuned",
+    "multimodal": "Multimodal, unregularized (from scratch)",
+    "imaging_only": "Imaging-only",
+    "clinical_brock": "Brock/PanCan (published coefficients)",
+    "clinical_refit": "Clinical logistic refit (EHR)",
+    "jepa_probe": "JEPA linear probe (frozen encoder)",
+}
+COHORT_LABELS: dict[str, str] = {"internal": "Internal cohort", "external": "External cohort"}
+REQUIRED_PROVENANCE: tuple[str, ...] = ("command", "data_version", "encoder_version", "date")
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    return f"{float(value):.{digits}f}"
+
+
+def _fmt_p(p: float) -> str:
+    """p-values: three decimals, scientific below 0.001 so tiny values stay readable."""
+    return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def _ordered_models(results: Mapping[str, Any]) -> list[str]:
+    known = [m for m in MODELS if m in results]
+    return known + sorted(m for m in results if m not in MODELS)
+
+
+def _cohort_table(cohort: str, results: Mapping[str, Any], paper: Mapping[str, float]) -> str:
+    lines = [
+        "| model | AUC | 95% CI | n | malignant | Brier | paper AUC |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in _ordered_models(results):
+        m = results[name]
+        lo, hi = m["ci"]
+        label = MODEL_LABELS.get(name, name)
+        lines.append(
+            f"| {label} (`{name}`) | {_fmt(m['auc'])} | [{_fmt(lo)}, {_fmt(hi)}] | {m['n']} "
+            f"| {m.get('n_pos', 'n/a')} | {_fmt(m.get('brier'))} "
+            f"| {_fmt(paper[name], 2) if name in paper else 'not reported'} |"
+        )
+    return "\n".join(lines)
+
+
+def _delong_table(comparisons: Mapping[str, float]) -> str:
+    lines = ["| comparison | p (two-sided, paired DeLong) |", "|---|---|"]
+    lines += [f"| `{k}` | {_fmt_p(float(p))} |" for k, p in comparisons.items()]
+    return "\n".join(lines)
+
+
+def _study_section(study: Mapping[str, Any]) -> str:
+    """Synthetic study: `{"title"?, "note"?, "rows": [dict, ...]}` rendered as one table."""
+    rows = list(study.get("rows", []))
+    parts = [f"## {study.get('title', 'Synthetic study')}", ""]
+    if study.get("note"):
+        parts += [str(study["note"]), ""]
+    if not rows:
+        return "\n".join([*parts, "No study rows were produced."])
+    frame = pd.DataFrame(rows)
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    body = [
+        "| " + " | ".join(_fmt(v) if isinstance(v, float) else str(v) for v in row) + " |"
+        for row in frame.itertuples(index=False)
+    ]
+    return "\n".join([*parts, header, rule, *body])
+
+
+def results_markdown(
+    evaluation: Mapping[str, Any],
+    paper_table: Mapping[str, Mapping[str, float]],
+    study: Mapping[str, Any] | None,
+    provenance: Mapping[str, Any],
+) -> str:
+    """Render docs/RESULTS.md from metrics/evaluation.json (combine_cohort_results shape).
+
+    provenance must give command (that regenerates the file), data_version,
+    encoder_version and date; further keys are listed as they are. The paper's numbers
+    sit in their own labelled column and are never used in any computation.
+    """
+    missing = [k for k in REQUIRED_PROVENANCE if k not in provenance]
+    if missing:
+        raise KeyError(f"provenance lacks {missing}")
+    cohorts = [c for c in evaluation if c != "delong"]
+    delong = evaluation.get("delong", {})
+    out = [
+        "# Results",
+        "",
+        "Generated from measured metrics; do not edit by hand. Regenerate with:",
+        "",
+        "```",
+        str(provenance["command"]),
+        "```",
+        "",
+        "## Provenance",
+        "",
+        f"- data version: `{provenance['data_version']}`",
+        f"- encoder version: `{provenance['encoder_version']}`",
+        f"- date: {provenance['date']}",
+    ]
+    out += [
+        f"- {key.replace('_', ' ')}: `{value}`"
+        for key, value in provenance.items()
+        if key not in REQUIRED_PROVENANCE
+    ]
+    out += [
+        "",
+        "AUC: malignant vs benign, one prediction per patient. 95% CI: percentile bootstrap "
+        "over patients. Brier: mean squared error of the probability (n/a for scores that "
+        f"are not probabilities). Paper AUC: published values ({PAPER_SOURCE}), for "
+        "comparison only; their cohorts are not ours.",
+    ]
+    for cohort in cohorts:
+        out += [
+            "",
+            f"## {COHORT_LABELS.get(cohort, cohort)}",
+            "",
+            _cohort_table(cohort, evaluation[cohort], paper_table.get(cohort, {})),
+        ]
+        if delong.get(cohort):
+            out += ["", f"DeLong tests, {cohort}:", "", _delong_table(delong[cohort])]
+    if study is not None:
+        out += ["", _study_section(study)]
+    return "\n".join(out) + "\n"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file (e.g. docs/RESULTS.md) atomically."""
+    atomic_write_bytes(Path(path), text.encode("utf-8"))
+
+
+def _save_figure(fig: Figure, path: Path) -> None:
+    """Render to PNG in memory (Agg, no pyplot global state) and write atomically."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    atomic_write_bytes(Path(path), buffer.getvalue())
+
+
+def plot_roc(
+    curves: Mapping[str, pd.DataFrame],
+    path: Path,
+    title: str = "ROC",
+    aucs: Mapping[str, float] | None = None,
+) -> None:
+    """ROC curves (roc_curve_points frames: fpr, tpr) of several models on one PNG."""
+    fig = Figure(figsize=(5.0, 5.0))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], linestyle=":", color="grey", linewidth=1)
+    for name, frame in curves.items():
+        label = MODEL_LABELS.get(name, name)
+        if aucs is not None and name in aucs:
+            label += f" (AUC {aucs[name]:.3f})"
+        ax.step(frame["fpr"], frame["tpr"], where="post", label=label)
+    ax.set(xlabel="1 - specificity (FPR)", ylabel="sensitivity (TPR)", title=title)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="lower right", fontsize=7)
+    _save_figure(fig, path)
+
+
+def plot_reliability(
+    curves: Mapping[str, pd.DataFrame], path: Path, title: str = "Reliability"
+) -> None:
+    """Reliability diagrams (reliability_curve frames) of several models on one PNG."""
+    fig = Figure(figsize=(5.0, 5.0))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], linestyle=":", color="grey", linewidth=1)
+    for name, frame in curves.items():
+        ax.plot(
+            frame["mean_predicted"],
+            frame["observed_fraction"],
+            marker="o",
+            label=MODEL_LABELS.get(name, name),
+        )
+    ax.set(xlabel="mean predicted probability", ylabel="observed malignant fraction", title=title)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left", fontsize=7)
+    _save_figure(fig, path)

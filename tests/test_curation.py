@@ -1,0 +1,401 @@
+"""CT curation (issue 4): real pydicom files and factory-made series, good and bad."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from dicom_factory import PHI, write_ct_series
+from pydicom.data import get_testdata_file
+
+from cohorts.dicom import (
+    CurationConfig,
+    SeriesError,
+    curate_cohort,
+    nodule_crop,
+    read_series,
+)
+from cohorts.dicom.curate import INDEX_COLUMNS, LABEL_COLUMNS, NODULE_COLUMNS
+from cohorts.dicom.series import slice_to_hu
+from cohorts.privacy import date_shift_days, pseudonymise
+
+KEY = b"test-key"
+DICOMDIR_TESTS = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests"
+
+
+def config(**overrides: object) -> CurationConfig:
+    base = {"min_slices": 8, "workers": 1, "pseudonym_key": KEY, "crop_size_vox": 16}
+    base.update(overrides)
+    return CurationConfig(**base)  # type: ignore[arg-type]
+
+
+def sid(series_uid: str) -> str:
+    return pseudonymise(series_uid, KEY, "series")
+
+
+def index_by_series(out: Path) -> pd.DataFrame:
+    return pd.read_parquet(out / "index.parquet").set_index("series_id")
+
+
+# ---------------------------------------------------------------- real pydicom files
+
+
+def test_ct_small_hu_matches_rescale() -> None:
+    path = Path(get_testdata_file("CT_small.dcm"))
+    ds = pydicom.dcmread(path)
+    volume = read_series([path])
+    expected = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    assert volume.hu.dtype == np.int16 and volume.hu.shape == (1, 128, 128)
+    np.testing.assert_array_equal(volume.hu[0], np.clip(expected, -1024, None))
+    assert volume.origin_mm == pytest.approx(tuple(float(v) for v in ds.ImagePositionPatient))
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm",
+     "MR_small_bigendian.dcm", "MR_small_implicit.dcm"],
+)  # fmt: skip
+def test_bundled_transfer_syntaxes_decode_identically(name: str) -> None:
+    """pydicom's MR_small in several encodings decodes to the same values (JPEG-LS via plugins)."""
+    reference = pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array
+    path = Path(get_testdata_file(name))
+    hu = slice_to_hu(pydicom.dcmread(path), path)
+    np.testing.assert_array_equal(hu, reference.astype(np.float32))
+
+
+def test_dicomdir_tests_tree(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    shutil.copytree(DICOMDIR_TESTS, raw / "dicom")
+    out = tmp_path / "out"
+    summary = curate_cohort(raw, out, config(min_slices=3), progress=False)
+    index = pd.read_parquet(out / "index.parquet")
+    assert list(index.columns) == INDEX_COLUMNS
+    ok = index[index["status"] == "ok"]
+    assert len(ok) == 1 and summary.accepted == 1
+    row = ok.iloc[0]
+    assert (row["shape_z"], row["spacing_mm_z"]) == (5, pytest.approx(2.5))
+    volume = np.load(out / row["volume_path"])
+    files = sorted((raw / "dicom" / "98892001" / "CT5N").iterdir())
+    by_z = sorted(files, key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))
+    for k, path in enumerate(by_z):  # ascending z although InstanceNumber runs the other way
+        ds = pydicom.dcmread(path)
+        np.testing.assert_array_equal(volume[k], ds.pixel_array + float(ds.RescaleIntercept))
+    reasons = index["reason"].str.split(":").str[0].value_counts()
+    assert reasons["missing_slice"] == 1  # CT2: 4 slices with a 200 mm hole
+    assert reasons["localizer"] == 1
+    assert reasons["modality"] >= 3
+    quarantine = pd.read_parquet(out / "quarantine.parquet")
+    assert "dicom/README.txt" in set(quarantine.loc[quarantine.reason == "not_dicom", "file"])
+    assert summary.skipped_files >= 1  # DICOMDIR files are indexes, not images
+
+
+def test_whole_pydicom_test_corpus_never_raises(tmp_path: Path) -> None:
+    """~200 odd files (big endian, deflated, broken, RT, SR, multi-frame): all triaged."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "dicom").symlink_to(DICOMDIR_TESTS.parent, target_is_directory=True)
+    summary = curate_cohort(raw, tmp_path / "out", config(min_slices=1, workers=2), progress=False)
+    index = pd.read_parquet(tmp_path / "out" / "index.parquet")
+    assert summary.accepted >= 2 and summary.series_found == len(index)
+    assert summary.unreadable_files > 0 and summary.quarantined["modality"] > 0
+
+
+# ---------------------------------------------------------------- factory series
+
+
+@pytest.mark.parametrize(
+    ("transfer_syntax", "signed", "intercept"),
+    [
+        ("explicit", False, -1024.0),
+        ("explicit", True, 0.0),
+        ("rle", False, -1024.0),
+        ("j2k", False, -1024.0),
+    ],
+)
+def test_hu_and_orientation(
+    tmp_path: Path, transfer_syntax: str, signed: bool, intercept: float
+) -> None:
+    spec = write_ct_series(
+        tmp_path,
+        n_slices=12,
+        transfer_syntax=transfer_syntax,
+        signed=signed,
+        intercept=intercept,
+        alternate_intercept=intercept + 24.0,  # per-slice rescale
+        slope=2.0 if signed else 1.0,
+        padding_value=None if signed else 4095,
+        padding_pixels=0 if signed else 2,
+    )
+    volume = read_series(spec.paths)  # files shuffled, InstanceNumber descending with z
+    np.testing.assert_array_equal(volume.hu, spec.hu)
+    assert volume.spacing_mm == pytest.approx(spec.spacing_mm)
+    assert volume.origin_mm == pytest.approx(spec.origin_mm)
+    np.testing.assert_allclose(volume.direction, np.eye(3), atol=1e-9)
+    if not signed:
+        assert (volume.hu[:, :2] == -1024).all()  # padding 4095 would be 3071 HU otherwise
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools not installed")
+@pytest.mark.parametrize("transfer_syntax", ["explicit", "rle", "j2k"])
+def test_factory_files_pass_dciodvfy(tmp_path: Path, transfer_syntax: str) -> None:
+    spec = write_ct_series(tmp_path, n_slices=2, transfer_syntax=transfer_syntax)
+    result = subprocess.run(["dciodvfy", str(spec.paths[0])], capture_output=True, text=True)
+    report = result.stdout + result.stderr
+    assert "Error" not in report, report
+
+
+def test_crop_is_centred_on_planted_sphere(tmp_path: Path) -> None:
+    centre = (1.3, 3.1, -4.3)
+    spec = write_ct_series(
+        tmp_path, n_slices=24, slice_spacing_mm=1.25, sphere=(centre, 4.0, 600.0), shuffle=True
+    )
+    volume = read_series(spec.paths)
+    crop = nodule_crop(volume, centre, size_vox=16, spacing_mm=0.5)
+    assert crop.dtype == np.int16 and crop.shape == (16, 16, 16)
+    bright = np.argwhere(crop > 300)
+    assert len(bright) > 50
+    np.testing.assert_allclose(bright.mean(axis=0), [7.5, 7.5, 7.5], atol=0.6)
+    edge = nodule_crop(volume, spec.origin_mm, size_vox=16, spacing_mm=1.0)
+    assert (edge[0] == -1024).all() and (edge[-1] != -1024).any()  # air outside the volume
+    with pytest.raises(ValueError, match="outside the volume"):
+        nodule_crop(volume, (500.0, 0.0, 0.0), size_vox=16, spacing_mm=1.0)
+
+
+def test_crop_follows_a_flipped_orientation(tmp_path: Path) -> None:
+    """Rows running right-to-left, columns posterior-to-anterior: normal is still +z."""
+    centre = (-4.0, 2.0, -10.0)
+    spec = write_ct_series(
+        tmp_path,
+        n_slices=20,
+        origin_mm=(10.0, 12.0, -20.0),
+        orientation=(-1, 0, 0, 0, -1, 0),
+        sphere=(centre, 4.0, 600.0),
+    )
+    volume = read_series(spec.paths)
+    np.testing.assert_array_equal(volume.hu, spec.hu)
+    np.testing.assert_allclose(np.diag(volume.direction), [-1.0, -1.0, 1.0], atol=1e-9)
+    world = volume.index_to_world_mm(np.array([3.0, 4.0, 5.0]))
+    np.testing.assert_allclose(volume.world_to_index(world), [3.0, 4.0, 5.0], atol=1e-9)
+    bright = np.argwhere(nodule_crop(volume, centre, size_vox=16, spacing_mm=0.5) > 300)
+    np.testing.assert_allclose(bright.mean(axis=0), [7.5, 7.5, 7.5], atol=0.6)
+
+
+def test_read_series_names_the_problem(tmp_path: Path) -> None:
+    spec = write_ct_series(tmp_path, n_slices=10, missing_slice=4)
+    with pytest.raises(SeriesError, match="missing_slice") as info:
+        read_series(spec.paths)
+    assert info.value.reason == "missing_slice" and info.value.files
+
+
+def _write_bad_archive(dicom: Path) -> dict[str, str]:
+    """One raw archive holding every bad case; returns series_id -> expected reason token."""
+    expected: dict[str, str] = {}
+
+    def add(name: str, reason: str, **kw: object) -> list[Path]:
+        spec = write_ct_series(dicom / name, n_slices=10, **kw)  # type: ignore[arg-type]
+        expected[sid(spec.series_uid)] = reason
+        return spec.paths
+
+    add("good", "")
+    truncated = add("trunc", "truncated")
+    truncated[3].write_bytes(truncated[3].read_bytes()[:-700])
+    add("nopix", "missing_pixel_data", no_pixel_slice=2)
+    add("mr", "modality", modality="MR")
+    add("scout", "localizer", image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"))
+    add("gap", "missing_slice", missing_slice=5)
+    add("dup", "duplicate_slice", duplicate_slice=5)
+    add("spacing", "mixed_spacing", mixed_spacing_slice=5)
+    add("rle", "", transfer_syntax="rle")
+    add("j2k", "", transfer_syntax="j2k")
+    add("corrupt", "undecodable", transfer_syntax="j2k", corrupt_slice=3)
+    spec = write_ct_series(dicom / "few", n_slices=4)
+    expected[sid(spec.series_uid)] = "too_few_slices"
+    # two series of one study in one folder, thin and thick: the thin one is chosen
+    study = pydicom.uid.generate_uid()
+    thin = write_ct_series(
+        dicom / "pair", n_slices=16, slice_spacing_mm=1.0, study_uid=study, file_stem="a"
+    )
+    thick = write_ct_series(
+        dicom / "pair", n_slices=10, slice_spacing_mm=2.5, study_uid=study, file_stem="b"
+    )
+    expected[sid(thin.series_uid)] = ""
+    expected[sid(thick.series_uid)] = "not_selected"
+    (dicom / "empty.dcm").write_bytes(b"")
+    (dicom / "notes.txt").write_text("scanner export log\n")
+    return expected
+
+
+def test_bad_cases_are_quarantined_with_reasons(tmp_path: Path) -> None:
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    expected = _write_bad_archive(raw / "dicom")
+    summary = curate_cohort(raw, out, config(workers=2), progress=False)
+    index = index_by_series(out)
+    for series_id, reason in expected.items():
+        row = index.loc[series_id]
+        if reason:
+            assert row["status"] == "quarantined", (reason, row["reason"])
+            assert row["reason"].split(":")[0] == reason, (reason, row["reason"])
+            assert pd.isna(row["volume_path"])
+        else:
+            assert row["status"] == "ok", row["reason"]
+            assert (out / row["volume_path"]).exists()
+    quarantine = pd.read_parquet(out / "quarantine.parquet")
+    file_reasons = dict(zip(quarantine["file"], quarantine["reason"], strict=True))
+    assert file_reasons["dicom/empty.dcm"] == "empty_file"
+    assert file_reasons["dicom/notes.txt"] == "not_dicom"
+    assert {"truncated", "missing_pixel_data", "undecodable"} <= set(quarantine["reason"])
+    assert summary.accepted == 4
+    assert summary.quarantined["not_selected"] == 1
+
+
+# ---------------------------------------------------------------- cohort outputs
+
+
+def _write_longitudinal(raw: Path) -> dict[str, object]:
+    """Patient A: two scans a year apart, nodule moved 2 mm + a new one; patient B: one scan."""
+    dicom = raw / "dicom"
+    early = write_ct_series(
+        dicom / "x1", n_slices=16, study_date="20190301", sphere=((0.0, 0.0, -8.0), 3.0, 200.0)
+    )
+    late = write_ct_series(dicom / "x2" / "deep" / "er", n_slices=16, study_date="20200310")
+    other = write_ct_series(
+        dicom / "x3", n_slices=16, patient_id="MRN-0000042", study_date="20210101"
+    )
+    annotations = pd.DataFrame(
+        [
+            (early.series_uid, 0.0, 0.0, -8.0, 6.0),
+            (late.series_uid, 1.0, 1.5, -8.5, 7.5),
+            (late.series_uid, 5.0, 5.0, 0.0, 4.0),
+            (other.series_uid, 0.0, 0.0, -8.0, 5.0),
+            (other.series_uid, 900.0, 0.0, 0.0, 5.0),  # outside the volume: no crop
+        ],
+        columns=["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"],
+    )
+    annotations.to_csv(raw / "annotations.csv", index=False)
+    pd.DataFrame(
+        {
+            "person_id": [PHI["patient_id"], "MRN-0000042"],
+            "seriesuid": [late.series_uid, other.series_uid],
+            "malignant": [1, 0],
+            "diagnosis_date": ["2020-04-01", "2021-02-01"],
+        }
+    ).to_csv(raw / "labels.csv", index=False)
+    return {"early": early, "late": late, "other": other}
+
+
+def test_nodules_linked_across_time_and_labels(tmp_path: Path) -> None:
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    specs = _write_longitudinal(raw)
+    summary = curate_cohort(raw, out, config(date_shift_max_days=30), progress=False)
+    assert summary.accepted == 3 and summary.nodules == 4 and summary.nodules_outside_volume == 1
+    nodules = pd.read_parquet(out / "nodules.parquet")
+    assert list(nodules.columns) == NODULE_COLUMNS
+    early, late = sid(specs["early"].series_uid), sid(specs["late"].series_uid)  # type: ignore[attr-defined]
+    first = nodules[nodules.series_id == early]
+    second = nodules[nodules.series_id == late].sort_values("annotation_index")
+    assert first["nodule_id"].iloc[0] == second["nodule_id"].iloc[0]  # same nodule, 2 mm away
+    assert second["nodule_id"].iloc[1] != first["nodule_id"].iloc[0]  # a new one
+    patient = pseudonymise(PHI["patient_id"], KEY, "patient")
+    shift = date_shift_days(PHI["patient_id"], KEY, 30)
+    assert set(nodules.loc[nodules.series_id == early, "patient_id"]) == {patient}
+    assert first["study_date"].iloc[0] == str(
+        pd.Timestamp("2019-03-01").date() + pd.Timedelta(days=shift)
+    )
+    for path in nodules["crop_path"]:
+        crop = np.load(out / path)
+        assert crop.shape == (16, 16, 16) and crop.dtype == np.int16
+    assert np.load(out / first["crop_path"].iloc[0])[6:10, 6:10, 6:10].mean() > 100  # the sphere
+    labels = pd.read_parquet(out / "labels.parquet")
+    assert list(labels.columns) == LABEL_COLUMNS
+    row = labels[labels.patient_id == patient].iloc[0]
+    assert row["series_id"] == late and row["malignant"] == 1
+    assert row["diagnosis_date"] == str(
+        pd.Timestamp("2020-04-01").date() + pd.Timedelta(days=shift)
+    )
+
+
+def test_no_phi_in_any_output(tmp_path: Path) -> None:
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    specs = _write_longitudinal(raw)
+    # a broken series filed the way many exports do: <patient name>/<series uid>/<sop uid>.dcm
+    bad = write_ct_series(raw / "dicom" / "tmp", n_slices=10, missing_slice=3)
+    named = raw / "dicom" / PHI["patient_name"].replace("^", "_") / bad.series_uid
+    named.mkdir(parents=True)
+    for path in bad.paths:
+        path.rename(named / f"{pydicom.dcmread(path).SOPInstanceUID}.dcm")
+    (named / f"{bad.series_uid}.9.dcm").write_bytes(b"")
+    bad.paths[0].parent.rmdir()
+    curate_cohort(raw, out, config(), progress=False)
+    quarantine = pd.read_parquet(out / "quarantine.parquet")
+    assert quarantine["file"].str.contains("redacted-").all() and len(quarantine) >= 1
+    planted = list(PHI.values()) + ["MRN-0000042", "1947-03-22"]
+    for spec in specs.values():
+        planted += [spec.series_uid, spec.study_uid]  # type: ignore[attr-defined]
+    planted += [bad.series_uid, bad.study_uid, "Janet", "Quincy"]
+    for path in out.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            for value in planted:
+                assert value.encode() not in data, (value, path)
+        if path.suffix == ".parquet":
+            text = pd.read_parquet(path).astype(str).to_string()
+            for value in planted:
+                assert value not in text, (value, path)
+
+
+def test_idempotent_rerun_and_incremental_add(tmp_path: Path) -> None:
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    _write_longitudinal(raw)
+    first = curate_cohort(raw, out, config(), progress=False)
+    assert first.series_processed == 3
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.npy")}
+    index_before = pd.read_parquet(out / "index.parquet")
+    second = curate_cohort(raw, out, config(), progress=False)
+    assert second.series_processed == 0 and second.series_reused == 3
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.npy")} == before
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "index.parquet"), index_before)
+    added = write_ct_series(raw / "dicom" / "new", n_slices=16, patient_id="MRN-NEW")
+    third = curate_cohort(raw, out, config(), progress=False)
+    assert third.series_processed == 1 and third.accepted == 4
+    assert index_by_series(out).loc[sid(added.series_uid), "status"] == "ok"
+
+
+def test_config_from_params_file() -> None:
+    import yaml
+
+    params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())["curate"]
+    cfg = CurationConfig.from_params(params)
+    assert cfg.crop_size_vox == params["crop_size_vox"] and cfg.min_slices == params["min_slices"]
+    assert isinstance(cfg.pseudonym_key, bytes)
+
+
+def test_unusable_arguments_raise(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="dicom"):
+        curate_cohort(tmp_path / "missing", tmp_path / "out", config(), progress=False)
+    (tmp_path / "raw" / "dicom").mkdir(parents=True)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(PermissionError, match="not writable"):
+        curate_cohort(tmp_path / "raw", blocker / "out", config(), progress=False)
+
+
+@pytest.mark.slow
+def test_throughput_slices_per_second(tmp_path: Path) -> None:
+    """Not an assertion on speed: prints slices/s for docs (run with -m slow -s)."""
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    for n in range(4):
+        write_ct_series(raw / "dicom" / f"s{n}", n_slices=120, rows=256, columns=256, seed=n)
+    started = time.perf_counter()
+    summary = curate_cohort(raw, out, config(workers=os.cpu_count() or 1), progress=False)
+    seconds = time.perf_counter() - started
+    print(
+        f"{summary.slices_processed} slices in {seconds:.2f} s: {summary.slices_processed / seconds:.0f} slices/s"
+    )
+    assert summary.accepted == 4

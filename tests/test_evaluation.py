@@ -1,0 +1,193 @@
+"""Evaluation statistics against sklearn and a slow, by-definition DeLong reference."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from models.evaluation import (
+    bootstrap_auc_ci,
+    bootstrap_aucs,
+    brier_score,
+    combine_cohort_results,
+    delong_test,
+    evaluate_models,
+    reliability_curve,
+    roc_auc,
+    roc_curve_points,
+)
+from models.reporting import PAPER_AUC, plot_reliability, plot_roc, results_markdown
+
+
+def _labels_and_scores(n: int, seed: int, signal: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, size=n)
+    y[:2] = [0, 1]
+    p = 1.0 / (1.0 + np.exp(-(signal * (2 * y - 1) + rng.normal(size=n))))
+    return y, p
+
+
+def _slow_delong(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    """DeLong (1988) from the definition of the structural components; returns (diff, var, p)."""
+    from scipy.stats import norm
+
+    def psi(x: float, v: float) -> float:
+        return 1.0 if x > v else 0.5 if x == v else 0.0
+
+    comps = []
+    for s in (a, b):
+        xs, ys = s[y == 1], s[y == 0]
+        v10 = np.array([np.mean([psi(x, v) for v in ys]) for x in xs])
+        v01 = np.array([np.mean([psi(x, v) for x in xs]) for v in ys])
+        comps.append((v10.mean(), v10, v01))
+    m, n = (y == 1).sum(), (y == 0).sum()
+    s10 = np.cov(np.vstack([comps[0][1], comps[1][1]]))
+    s01 = np.cov(np.vstack([comps[0][2], comps[1][2]]))
+    cov = s10 / m + s01 / n
+    var = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
+    diff = comps[0][0] - comps[1][0]
+    return diff, var, 2 * norm.sf(abs(diff / np.sqrt(var)))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_auc_matches_sklearn_with_ties(seed: int) -> None:
+    y, p = _labels_and_scores(300, seed)
+    p_tied = np.round(p, 1)  # heavy ties
+    assert roc_auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    assert roc_auc(y, p_tied) == pytest.approx(roc_auc_score(y, p_tied), abs=1e-12)
+
+
+def test_auc_rejects_one_class_and_unlabeled() -> None:
+    with pytest.raises(ValueError, match="positive and one negative"):
+        roc_auc(np.zeros(5), np.arange(5.0))
+    with pytest.raises(ValueError, match="0 or 1"):
+        roc_auc(np.array([0, 1, -1]), np.arange(3.0))
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_delong_matches_definition(seed: int) -> None:
+    y, a = _labels_and_scores(80, seed)
+    rng = np.random.default_rng(seed + 100)
+    b = np.round(a + rng.normal(scale=0.3, size=a.shape), 1)  # correlated, with ties
+    diff, var, p = _slow_delong(y, a, b)
+    result = delong_test(y, a, b)
+    assert result.diff == pytest.approx(diff, abs=1e-12)
+    assert result.var == pytest.approx(var, rel=1e-9)
+    assert result.p_value == pytest.approx(p, rel=1e-9)
+    assert result.auc_a == pytest.approx(roc_auc_score(y, a), abs=1e-12)
+
+
+def test_delong_identical_and_clearly_different() -> None:
+    y, p = _labels_and_scores(400, 5, signal=2.0)
+    same = delong_test(y, p, p)
+    assert same.p_value == 1.0
+    assert same.diff == 0.0
+    noise = np.random.default_rng(9).random(p.shape[0])
+    different = delong_test(y, p, noise)
+    assert different.diff > 0.3
+    assert different.p_value < 1e-10
+
+
+def test_bootstrap_ci_contains_auc_narrows_and_is_reproducible() -> None:
+    y_small, p_small = _labels_and_scores(60, 0)
+    y_large, p_large = _labels_and_scores(1200, 0)
+    lo_s, hi_s = bootstrap_auc_ci(y_small, p_small, n_replicates=400, seed=1)
+    lo_l, hi_l = bootstrap_auc_ci(y_large, p_large, n_replicates=400, seed=1)
+    assert lo_s <= roc_auc(y_small, p_small) <= hi_s
+    assert lo_l <= roc_auc(y_large, p_large) <= hi_l
+    assert hi_l - lo_l < (hi_s - lo_s) / 2
+    assert bootstrap_auc_ci(y_small, p_small, 400, seed=1) == (lo_s, hi_s)
+    assert bootstrap_auc_ci(y_small, p_small, 400, seed=2) != (lo_s, hi_s)
+
+
+def test_bootstrap_counts_one_class_replicates_and_groups_patients() -> None:
+    y = np.array([1, 0, 0, 0])
+    p = np.array([0.9, 0.1, 0.2, 0.3])
+    aucs, skipped = bootstrap_aucs(y, p, n_replicates=200, seed=0)
+    assert skipped > 0 and aucs.size + skipped == 200
+    # Rows of one patient travel together: duplicating every row per patient keeps AUC 1.
+    y2, p2 = np.repeat([1, 0, 1, 0], 2), np.repeat([0.9, 0.1, 0.8, 0.2], 2)
+    groups = np.repeat(["a", "b", "c", "d"], 2)
+    aucs2, _ = bootstrap_aucs(y2, p2, n_replicates=50, seed=0, groups=groups)
+    assert np.all(aucs2 == 1.0)
+
+
+def test_brier_reliability_and_roc_points() -> None:
+    y, p = _labels_and_scores(500, 4)
+    assert brier_score(y, p) == pytest.approx(np.mean((p - y) ** 2))
+    curve = reliability_curve(y, p, n_bins=10)
+    assert curve["count"].sum() == 500
+    assert (curve["mean_predicted"] >= curve["bin_lower"]).all()
+    assert (curve["mean_predicted"] <= curve["bin_upper"]).all()
+    edge = reliability_curve(np.array([0, 1]), np.array([0.0, 1.0]), n_bins=4)
+    assert list(edge["count"]) == [1, 1] and edge["bin_upper"].iloc[-1] == 1.0
+
+    p_tied = np.round(p, 1)
+    ours = roc_curve_points(y, p_tied)
+    fpr, tpr, _ = roc_curve(y, p_tied, drop_intermediate=False)
+    np.testing.assert_allclose(ours["fpr"], fpr)
+    np.testing.assert_allclose(ours["tpr"], tpr)
+    assert np.trapezoid(ours["tpr"], ours["fpr"]) == pytest.approx(roc_auc(y, p_tied))
+    assert isinstance(ours, pd.DataFrame)
+
+
+def test_evaluate_models_and_combined_shape_is_json_ready() -> None:
+    per_cohort = {}
+    for i, cohort in enumerate(("internal", "external")):
+        y, p = _labels_and_scores(120, 10 + i, signal=1.5)
+        rng = np.random.default_rng(i)
+        preds = {
+            "jepa": p,
+            "imaging_only": rng.random(120),
+            "clinical_brock": np.clip(p + 0.1, 0, 1),
+        }
+        per_cohort[cohort] = evaluate_models(y, preds, reference="jepa", n_replicates=200, seed=0)
+    combined = combine_cohort_results(per_cohort)
+    assert set(combined) == {"internal", "external", "delong"}
+    assert set(combined["internal"]) == {"jepa", "imaging_only", "clinical_brock"}
+    assert set(combined["delong"]["external"]) == {"jepa_vs_imaging_only", "jepa_vs_clinical_brock"}
+    entry = combined["internal"]["jepa"]
+    assert entry["ci"][0] <= entry["auc"] <= entry["ci"][1]
+    assert entry["n"] == 120 and 0 < entry["n_pos"] < 120
+    assert json.loads(json.dumps(combined)) == combined
+    with pytest.raises(KeyError, match="reference"):
+        evaluate_models(np.array([0, 1]), {"a": np.array([0.1, 0.9])}, reference="b")
+
+
+def test_results_markdown_and_plots(tmp_path: Path) -> None:
+    per_cohort = {}
+    curves = {}
+    for i, cohort in enumerate(("internal", "external")):
+        y, p = _labels_and_scores(100, 20 + i, signal=1.5)
+        rng = np.random.default_rng(i)
+        preds = {"jepa": p, "imaging_only": rng.random(100), "clinical_brock": rng.random(100)}
+        per_cohort[cohort] = evaluate_models(y, preds, reference="jepa", n_replicates=100)
+        curves[cohort] = {name: roc_curve_points(y, q) for name, q in preds.items()}
+    evaluation = combine_cohort_results(per_cohort)
+    provenance = {
+        "command": "lungjepa report",
+        "data_version": "d123",
+        "encoder_version": "e456",
+        "date": "2026-11-28",
+        "bootstrap_replicates": 100,
+    }
+    study = {"title": "Synthetic study", "rows": [{"regime": 0.0, "jepa": 0.8123}]}
+    text = results_markdown(evaluation, PAPER_AUC, study, provenance)
+    ours = evaluation["internal"]["jepa"]
+    assert f"| {ours['auc']:.3f} | [{ours['ci'][0]:.3f}, {ours['ci'][1]:.3f}] |" in text
+    assert "| 0.91 |" in text and "not reported" in text  # paper column, labelled
+    assert "lungjepa report" in text and "d123" in text and "e456" in text
+    assert "`jepa_vs_imaging_only`" in text and "0.812" in text
+    with pytest.raises(KeyError, match="provenance"):
+        results_markdown(evaluation, PAPER_AUC, None, {"command": "x"})
+
+    roc_png, rel_png = tmp_path / "roc.png", tmp_path / "rel.png"
+    plot_roc(curves["internal"], roc_png, aucs={"jepa": ours["auc"]})
+    y, p = _labels_and_scores(100, 20, signal=1.5)
+    plot_reliability({"jepa": reliability_curve(y, p)}, rel_png)
+    for png in (roc_png, rel_png):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -29,14 +29,13 @@ import onnx
 import torch
 from torch import nn
 
+from cohorts.files import atomic_write_bytes, atomic_write_json
 from models.onnx_runtime import (
     INPUT_FIELDS,
     OUTPUT_NAME,
-    atomic_write_bytes,
     default_card_path,
     session_feed,
     sha256_file,
-    write_json_atomic,
 )
 
 FIELDS: tuple[str, ...] = INPUT_FIELDS
@@ -205,7 +204,7 @@ def export_onnx(
         torch_version=torch.__version__,
         onnx_version=onnx.__version__,
     )
-    write_json_atomic(card_path, card.to_dict())
+    atomic_write_json(card_path, card.to_dict())
     return card
 
 
@@ -251,7 +250,7 @@ def update_card(card_path: Path, extra: dict[str, Any]) -> dict[str, Any]:
     """
     card = json.loads(Path(card_path).read_text())
     card.setdefault("extra", {}).update(extra)
-    write_json_atomic(Path(card_path), card)
+    atomic_write_json(Path(card_path), card)
     return card
 
 

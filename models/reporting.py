@@ -15,8 +15,8 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
+from cohorts.files import atomic_write_bytes
 from models.evaluation import MODELS
-from models.onnx_runtime import atomic_write_bytes
 
 PAPER_SOURCE = "Li et al., arXiv 2509.15470 (2025), abstract"
 # Published AUCs (malignant vs benign) from the paper's abstract; None where not reported.
@@ -150,11 +150,6 @@ def results_markdown(
     if study is not None:
         out += ["", _study_section(study)]
     return "\n".join(out) + "\n"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file (e.g. docs/RESULTS.md) atomically."""
-    atomic_write_bytes(Path(path), text.encode("utf-8"))
 
 
 def _save_figure(fig: Figure, path: Path) -> None:

@@ -1,0 +1,140 @@
+"""Plain helpers around a Feast FeatureStore (no Dagster), for the pipeline and the tests.
+
+Everything the store touches lives under ``<data_dir>/feast/``: registry.db, online.db
+(SQLite) and sources/<view>.parquet (the offline store reads these files). The config is
+built in code so any data folder works; feature_store.yaml holds the same settings for the
+``feast`` CLI on the default paths.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pandas as pd
+from feast import FeatureStore, RepoConfig
+
+from cohorts.ehr.features import KEY_COLUMNS, VIEWS
+from cohorts.files import atomic_output
+from feature_repo.definitions import (
+    SERVING_SERVICE,
+    TRAINING_SERVICE,
+    feature_definitions,
+    source_path,
+)
+
+PROJECT = "lungjepa"
+_EARLIEST = dt.datetime(1800, 1, 1, tzinfo=dt.UTC)
+
+
+def feast_dir(data_dir: Path) -> Path:
+    return Path(data_dir).resolve() / "feast"
+
+
+def open_store(repo_dir: Path, data_dir: Path) -> FeatureStore:
+    """A FeatureStore whose registry, online SQLite file and sources live under ``data_dir``."""
+    root = feast_dir(data_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    config = RepoConfig(
+        project=PROJECT,
+        provider="local",
+        registry={
+            "registry_type": "file",
+            "path": str(root / "registry.db"),
+            "cache_ttl_seconds": 60,
+        },
+        online_store={"type": "sqlite", "path": str(root / "online.db")},
+        offline_store={"type": "file"},
+        repo_path=Path(repo_dir).resolve(),
+        entity_key_serialization_version=3,
+    )
+    return FeatureStore(config=config)
+
+
+def apply_definitions(
+    store: FeatureStore, data_dir: Path, ttl_days: int, n_signatures: int
+) -> None:
+    """Register entity, sources, views and services (idempotent) with sources under data_dir."""
+    store.apply(feature_definitions(data_dir, ttl_days, n_signatures))
+
+
+def _check_table(view: str, table: pd.DataFrame) -> None:
+    missing = [c for c in KEY_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{view}: missing column(s) {missing}")
+    ts = table["event_timestamp"]
+    if not isinstance(ts.dtype, pd.DatetimeTZDtype) or str(ts.dt.tz) != "UTC":
+        raise ValueError(f"{view}: event_timestamp must be tz-aware UTC, got {ts.dtype}")
+    if table.duplicated(subset=["patient_id", "event_timestamp"]).any():
+        raise ValueError(f"{view}: repeated (patient_id, event_timestamp) rows")
+
+
+def write_sources(tables: dict[str, pd.DataFrame], data_dir: Path) -> dict[str, Path]:
+    """Write each view's table to its parquet source atomically (temp file, then rename)."""
+    unknown = sorted(set(tables) - set(VIEWS))
+    if unknown:
+        raise ValueError(f"unknown feature view(s) {unknown}; expected {VIEWS}")
+    written: dict[str, Path] = {}
+    for view, table in tables.items():
+        _check_table(view, table)
+        target = source_path(data_dir, view)
+        with atomic_output(target) as tmp:
+            table.to_parquet(tmp, index=False)
+        written[view] = target
+    return written
+
+
+def materialize(store: FeatureStore, end: dt.datetime) -> None:
+    """Load the offline rows up to ``end`` into the online store, incrementally.
+
+    Feast's first incremental run starts at wall-clock now - ttl, which skips historical
+    (synthetic or backfilled) data; so a view never materialised before is loaded from
+    end - ttl (ttl 0: from the beginning), and later runs continue where the last one ended.
+    """
+    if end.tzinfo is None:
+        raise ValueError("end must be tz-aware (UTC)")
+    for view in store.list_feature_views():
+        if view.most_recent_end_time is not None:
+            store.materialize_incremental(end_date=end, feature_views=[view.name])
+            continue
+        has_ttl = view.ttl is not None and view.ttl.total_seconds() > 0
+        start = end - view.ttl if has_ttl else _EARLIEST
+        store.materialize(start_date=start, end_date=end, feature_views=[view.name])
+
+
+def historical_features(
+    store: FeatureStore, entity_df: pd.DataFrame, service: str = TRAINING_SERVICE
+) -> pd.DataFrame:
+    """Features as of each row's event_timestamp (point-in-time), one row per input row, in order.
+
+    entity_df needs patient_id and a tz-aware event_timestamp (``scan_timestamp``); other
+    columns pass through. Feast's file (dask) offline store drops an entity row when any one
+    view has no row for it in the TTL window (a scan before the patient's first EHR event
+    would lose its demographics too), so each view is joined separately and left-merged:
+    a view without data as of the scan gives NaN features.
+    """
+    missing = [c for c in ("patient_id", "event_timestamp") if c not in entity_df.columns]
+    if missing:
+        raise ValueError(f"entity_df: missing column(s) {missing}")
+    ts = entity_df["event_timestamp"]
+    if not isinstance(ts.dtype, pd.DatetimeTZDtype):
+        raise ValueError(f"entity_df.event_timestamp must be tz-aware (UTC), got {ts.dtype}")
+    result = entity_df.reset_index(drop=True).assign(_row=lambda f: range(len(f)))
+    keys = result[["patient_id", "event_timestamp", "_row"]]
+    for projection in store.get_feature_service(service).feature_view_projections:
+        names = [feature.name for feature in projection.features]
+        refs = [f"{projection.name_to_use()}:{name}" for name in names]
+        joined = store.get_historical_features(entity_df=keys, features=refs).to_df()
+        result = result.merge(joined[["_row", *names]], on="_row", how="left")
+    return result.sort_values("_row").drop(columns="_row").reset_index(drop=True)
+
+
+def online_features(
+    store: FeatureStore, patient_ids: list[str], service: str = SERVING_SERVICE
+) -> pd.DataFrame:
+    """Latest materialised features per patient (one row per id, in the given order)."""
+    response = store.get_online_features(
+        features=store.get_feature_service(service),
+        entity_rows=[{"patient_id": pid} for pid in patient_ids],
+    )
+    return response.to_df()

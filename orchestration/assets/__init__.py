@@ -1,0 +1,1 @@
+"""Assets by role: data (archive, curation), features (Feast), training, evaluation, export."""

@@ -1,0 +1,208 @@
+"""Diagnostic models (ours and the baselines) and their internal / external evaluation."""
+
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+
+from cohorts.files import atomic_output, atomic_write_json, atomic_write_text
+from models.data import load_examples
+from models.encoders import load_encoder
+from models.evaluation import roc_curve_points
+from models.finetune import FinetuneConfig, save_model
+from models.jepa.pretrain import data_hash
+from models.protocol import (
+    ProtocolConfig,
+    evaluate_predictions,
+    predictions_frame,
+    predictions_from_frame,
+    run_protocol,
+)
+from models.reporting import PAPER_AUC, plot_roc, results_markdown
+from orchestration.assets.training import jepa_encoder
+from orchestration.metadata import flat_numbers, image_markdown, markdown_table
+from orchestration.params import REPO_ROOT, section
+from orchestration.resources import PipelinePaths
+
+_FINETUNE = section("finetune")
+_EVALUATE = section("evaluate")
+_CURATE = section("curate")
+
+
+def latest_encoder(paths: PipelinePaths) -> tuple[str, Path]:
+    """(version, encoder file) of the last pretraining run, from the pointer jepa_encoder wrote."""
+    pointer = paths.artifacts / "encoders" / "latest.json"
+    if not pointer.exists():
+        raise FileNotFoundError(f"{pointer}: no pretrained encoder yet; materialise jepa_encoder")
+    latest = json.loads(pointer.read_text())
+    return latest["version"], paths.artifacts / latest["path"] / "encoder.safetensors"
+
+
+def latest_models(paths: PipelinePaths) -> tuple[str, Path]:
+    """(version, folder) of the last diagnostic models."""
+    pointer = paths.artifacts / "models" / "latest.json"
+    if not pointer.exists():
+        raise FileNotFoundError(
+            f"{pointer}: no diagnostic models yet; materialise diagnostic_models"
+        )
+    latest = json.loads(pointer.read_text())
+    return latest["version"], paths.artifacts / latest["path"]
+
+
+class DiagnosticConfig(dg.Config):
+    """params.yaml `finetune` (+ the split seed from `evaluate`)."""
+
+    epochs: int = _FINETUNE["epochs"]
+    batch_size: int = _FINETUNE["batch_size"]
+    lr: float = _FINETUNE["lr"]
+    weight_decay: float = _FINETUNE["weight_decay"]
+    patience: int = _FINETUNE["patience"]
+    seeds: list[int] = _FINETUNE["seeds"]
+    split: dict[str, float] = _FINETUNE["split"]
+    jepa_encoder_lr_scale: float = _FINETUNE["jepa_encoder_lr_scale"]
+    split_seed: int = _EVALUATE["seed"]
+    crop_spacing_mm: float = _CURATE["crop_spacing_mm"]
+
+    def domain(self) -> ProtocolConfig:
+        return ProtocolConfig(
+            finetune=FinetuneConfig(
+                epochs=self.epochs,
+                batch_size=self.batch_size,
+                lr=self.lr,
+                weight_decay=self.weight_decay,
+                patience=self.patience,
+            ),
+            seeds=tuple(self.seeds),
+            split=dict(self.split),
+            split_seed=self.split_seed,
+            jepa_encoder_lr_scale=self.jepa_encoder_lr_scale,
+            crop_spacing_mm=self.crop_spacing_mm,
+        )
+
+
+@dg.asset(
+    group_name="diagnosis",
+    deps=[jepa_encoder],
+    kinds={"pytorch", "safetensors"},
+    code_version="1",
+    pool="gpu",
+    description="JEPA-finetuned, frozen-probe, multimodal-from-scratch and imaging-only models "
+    "(seed ensembles) on one patient-level split of the internal cohort, plus clinical baselines.",
+)
+def diagnostic_models(
+    context: dg.AssetExecutionContext, config: DiagnosticConfig, paths: PipelinePaths
+) -> dg.MaterializeResult:
+    encoder_version, encoder_path = latest_encoder(paths)
+    internal = load_examples(paths.examples("internal"))
+    external = load_examples(paths.examples("external"))
+    protocol = config.domain()
+    source = json.dumps(
+        {
+            "encoder": encoder_version,
+            "internal": data_hash(internal),
+            "external": data_hash(external),
+            "config": config.model_dump(),
+        },
+        sort_keys=True,
+    )
+    version = hashlib.sha256(source.encode()).hexdigest()[:12]
+    result = run_protocol(internal, external, load_encoder(encoder_path), protocol)
+    out = paths.artifacts / "models" / version
+    card = {"version": version, "encoder_version": encoder_version, "config": config.model_dump()}
+    for name, ensemble in result.ensembles.items():
+        for seed, member in zip(protocol.seeds, ensemble.members, strict=True):
+            save_model(member, out / name / f"seed{seed}.safetensors", {**card, "model": name})
+    with atomic_output(out / "predictions.parquet") as tmp:
+        predictions_frame(result).to_parquet(tmp, index=False)
+    atomic_write_json(out / "split.json", {k: v.tolist() for k, v in result.split.items()})
+    atomic_write_json(out / "card.json", {**card, "per_seed_auc": result.per_seed_auc})
+    atomic_write_json(
+        paths.artifacts / "models" / "latest.json",
+        {"version": version, "path": f"models/{version}"},
+    )
+    rows = [
+        {"cohort": cohort, "model": name, "seed_aucs": ", ".join(f"{a:.3f}" for a in aucs)}
+        for cohort, by_model in result.per_seed_auc.items()
+        for name, aucs in by_model.items()
+    ]
+    return dg.MaterializeResult(
+        metadata={
+            "version": dg.MetadataValue.text(version),
+            "encoder_version": dg.MetadataValue.text(encoder_version),
+            "per_seed_auc": markdown_table(rows),
+        },
+        data_version=dg.DataVersion(version),
+    )
+
+
+class EvaluationConfig(dg.Config):
+    bootstrap_replicates: int = _EVALUATE["bootstrap_replicates"]
+    seed: int = _EVALUATE["seed"]
+    results_markdown: str = str(REPO_ROOT / "docs" / "RESULTS.md")
+
+
+@dg.asset(
+    group_name="diagnosis",
+    deps=[diagnostic_models],
+    kinds={"python"},
+    code_version="1",
+    description="AUC with percentile-bootstrap 95% CIs, Brier, DeLong tests (ours vs each model) "
+    "on the internal test split and the external cohort; ROC curves; docs/RESULTS.md.",
+)
+def evaluation(
+    context: dg.AssetExecutionContext, config: EvaluationConfig, paths: PipelinePaths
+) -> dg.MaterializeResult:
+    version, folder = latest_models(paths)
+    labels, predictions = predictions_from_frame(pd.read_parquet(folder / "predictions.parquet"))
+    evaluation_json = evaluate_predictions(
+        labels, predictions, config.bootstrap_replicates, config.seed
+    )
+    metrics = paths.metrics
+    atomic_write_json(metrics / "evaluation.json", evaluation_json)
+    metadata: dict[str, dg.MetadataValue] = {}
+    for cohort in labels:
+        curves = {
+            name: roc_curve_points(labels[cohort], p) for name, p in predictions[cohort].items()
+        }
+        long = pd.concat(
+            [frame.assign(model=name) for name, frame in curves.items()], ignore_index=True
+        )
+        atomic_write_text(metrics / f"roc_{cohort}.csv", long.to_csv(index=False))
+        aucs = {name: evaluation_json[cohort][name]["auc"] for name in curves}
+        png = metrics / f"roc_{cohort}.png"
+        plot_roc(curves, png, title=f"ROC, {cohort} cohort", aucs=aucs)
+        metadata[f"roc_{cohort}"] = image_markdown(png, f"ROC, {cohort}")
+    encoder_version = json.loads((folder / "card.json").read_text())["encoder_version"]
+    provenance = {
+        "command": "make demo (or: lungjepa materialize --select evaluation)",
+        "data_version": version,
+        "encoder_version": encoder_version,
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    study_path = metrics / "study.json"
+    study = json.loads(study_path.read_text()) if study_path.exists() else None
+    markdown = results_markdown(evaluation_json, PAPER_AUC, study, provenance)
+    atomic_write_text(Path(config.results_markdown), markdown)
+    rows = [
+        {
+            "cohort": c,
+            "model": m,
+            "auc": r["auc"],
+            "ci": f"{r['ci'][0]:.3f}-{r['ci'][1]:.3f}",
+            "n": r["n"],
+        }
+        for c in labels
+        for m, r in evaluation_json[c].items()
+    ]
+    auc_numbers = {c: {m: r["auc"] for m, r in evaluation_json[c].items()} for c in labels}
+    return dg.MaterializeResult(
+        metadata={
+            "table": markdown_table(rows),
+            **flat_numbers(auc_numbers, prefix="auc/"),
+            **flat_numbers(evaluation_json["delong"], prefix="delong_p/"),
+            **metadata,
+        }
+    )

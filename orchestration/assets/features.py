@@ -1,0 +1,135 @@
+"""EHR features in the Feast store, and the point-in-time training examples built from them."""
+
+import datetime as dt
+
+import dagster as dg
+import pandas as pd
+
+from cohorts.ehr.features import (
+    add_age_at_scan,
+    build_feature_tables,
+    combine_cohorts,
+    ehr_feature_names,
+    fit_signatures,
+    scan_timestamp,
+)
+from cohorts.examples import assemble_examples, save_examples, scan_entities
+from cohorts.privacy import pseudonym_key
+from feature_repo import store as feast_store
+from orchestration.assets.data import curated_scans, raw_archive
+from orchestration.metadata import flat_numbers, markdown_table
+from orchestration.params import section
+from orchestration.resources import COHORTS, FeatureStoreResource, PipelinePaths
+
+_FEATURES = section("features")
+_CURATE = section("curate")
+_EXAMPLES = section("examples")
+
+
+class FeaturesConfig(dg.Config):
+    """EHR feature knobs (params.yaml `features`)."""
+
+    n_signatures: int = _FEATURES["n_signatures"]
+    lookback_days: int = _FEATURES["lookback_days"]
+    ttl_days: int = _FEATURES["ttl_days"]
+    pseudonym_key: str = _CURATE["pseudonym_key"]
+
+
+@dg.asset(
+    group_name="features",
+    deps=[raw_archive],
+    kinds={"python", "feast", "sqlite"},
+    code_version="1",
+    description="Latent clinical signatures (FastICA, fitted on the unlabeled archive only) and "
+    "clinical covariates per EHR snapshot, applied to Feast and materialised online.",
+)
+def ehr_features(
+    context: dg.AssetExecutionContext,
+    config: FeaturesConfig,
+    paths: PipelinePaths,
+    feature_store: FeatureStoreResource,
+) -> dg.MaterializeResult:
+    signatures = fit_signatures(
+        paths.raw("archive") / "ehr", config.n_signatures, config.lookback_days
+    )
+    signatures_path = paths.artifacts / "signatures" / "signatures.npz"
+    signatures.save(signatures_path)
+    key = pseudonym_key(config.pseudonym_key)
+    parts = {
+        cohort: build_feature_tables(
+            paths.raw(cohort) / "ehr", cohort, key, signatures, config.lookback_days
+        )
+        for cohort in COHORTS
+    }
+    tables = combine_cohorts(list(parts.values()))
+    feast_store.write_sources(tables, paths.data)
+    store = feature_store.open()
+    feast_store.apply_definitions(store, paths.data, config.ttl_days, config.n_signatures)
+    feast_store.materialize(store, dt.datetime.now(dt.UTC))
+    quality = {cohort: part.quality for cohort, part in parts.items()}
+    context.log.info(f"EHR quality by cohort: {quality}")
+    rows = [
+        {"view": view, "rows": len(table), "patients": int(table["patient_id"].nunique())}
+        for view, table in tables.items()
+    ]
+    return dg.MaterializeResult(
+        metadata={
+            "views": markdown_table(rows),
+            "signatures_path": dg.MetadataValue.path(str(signatures_path)),
+            **flat_numbers(quality, prefix="quality/"),
+        }
+    )
+
+
+class ExamplesConfig(dg.Config):
+    max_timepoints: int = _EXAMPLES["max_timepoints"]
+    n_signatures: int = _FEATURES["n_signatures"]
+
+
+@dg.asset(
+    group_name="features",
+    deps=[curated_scans, ehr_features],
+    kinds={"python", "numpy"},
+    code_version="1",
+    description="One row per patient: index-nodule crops over time with EHR features as of each "
+    "scan (Feast point-in-time join) and labels where the cohort has them.",
+)
+def training_examples(
+    context: dg.AssetExecutionContext,
+    config: ExamplesConfig,
+    paths: PipelinePaths,
+    feature_store: FeatureStoreResource,
+) -> dg.MaterializeResult:
+    store = feature_store.open()
+    names = ehr_feature_names(config.n_signatures)
+    rows = []
+    for cohort in COHORTS:
+        curated = paths.curated(cohort)
+        nodules = pd.read_parquet(curated / "nodules.parquet")
+        labels_path = curated / "labels.parquet"
+        labels = pd.read_parquet(labels_path) if labels_path.exists() else None
+        entities = scan_entities(nodules)
+        entities["event_timestamp"] = scan_timestamp(entities["study_date"])
+        features = feast_store.historical_features(store, entities)
+        features = add_age_at_scan(features, "event_timestamp")
+        arrays = assemble_examples(nodules, features, names, curated, config.max_timepoints, labels)
+        save_examples(arrays, paths.examples(cohort))
+        labeled = arrays["label"][arrays["label"] >= 0]
+        rows.append(
+            {
+                "cohort": cohort,
+                "patients": len(arrays["patient_id"]),
+                "scans": int(arrays["scan_mask"].sum()),
+                "ehr_coverage": float(arrays["ehr_mask"][arrays["scan_mask"]].mean()),
+                "labeled": len(labeled),
+                "prevalence": float(labeled.mean()) if len(labeled) else float("nan"),
+            }
+        )
+    context.log.info(f"training examples: {rows}")
+    return dg.MaterializeResult(
+        metadata={
+            "cohorts": markdown_table(rows),
+            "ehr_features": dg.MetadataValue.json(names),
+            **flat_numbers({r["cohort"]: r for r in rows}),
+        }
+    )

@@ -1,0 +1,101 @@
+"""The GPU-bound JEPA pretraining asset: a versioned, resumable encoder."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+from cohorts.files import atomic_write_json
+from models.data import load_examples
+from models.finetune import stratified_patient_split
+from models.jepa.pretrain import PretrainConfig, artifact_version, pretrain
+from orchestration.assets.features import training_examples
+from orchestration.metadata import flat_numbers, image_markdown
+from orchestration.params import REPO_ROOT, section
+from orchestration.resources import PipelinePaths, TorchDevice
+
+_PRETRAIN = section("pretrain")
+_FINETUNE = section("finetune")
+
+
+class PretrainRunConfig(dg.Config):
+    """params.yaml `pretrain`; nproc_per_node > 1 runs the same code under torchrun (DDP)."""
+
+    epochs: int = _PRETRAIN["epochs"]
+    batch_size: int = _PRETRAIN["batch_size"]
+    lr: float = _PRETRAIN["lr"]
+    warmup_epochs: int = _PRETRAIN["warmup_epochs"]
+    weight_decay: list[float] = _PRETRAIN["weight_decay"]
+    ema_momentum: list[float] = _PRETRAIN["ema_momentum"]
+    embed_dim: int = _PRETRAIN["embed_dim"]
+    depth: int = _PRETRAIN["depth"]
+    heads: int = _PRETRAIN["heads"]
+    predictor_dim: int = _PRETRAIN["predictor_dim"]
+    predictor_depth: int = _PRETRAIN["predictor_depth"]
+    patch_size_vox: int = _PRETRAIN["patch_size_vox"]
+    ehr_tokens: int = _PRETRAIN["ehr_tokens"]
+    loss: str = _PRETRAIN["loss"]
+    checkpoint_every_steps: int = _PRETRAIN["checkpoint_every_steps"]
+    seed: int = _PRETRAIN["seed"]
+    nproc_per_node: int = 1
+
+    def domain(self, device: str) -> PretrainConfig:
+        fields = self.model_dump(exclude={"nproc_per_node"})
+        return PretrainConfig.from_dict({**fields, "device": device})
+
+
+def _run_torchrun(examples: Path, out_dir: Path, config: PretrainConfig, nproc: int) -> None:
+    command = [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+        "-m", "models.jepa.pretrain", "--examples", str(examples), "--out", str(out_dir),
+        "--config", json.dumps(config.to_dict()), "--no-progress",
+    ]  # fmt: skip
+    subprocess.run(command, check=True, cwd=REPO_ROOT, env=os.environ.copy())
+
+
+@dg.asset(
+    group_name="training",
+    deps=[training_examples],
+    kinds={"pytorch", "safetensors"},
+    code_version="1",
+    pool="gpu",
+    description="Multimodal JEPA encoder pretrained on the unlabeled archive (EMA target encoder, "
+    "safetensors + card). Resumes from its last checkpoint; runs in-process, one at a time.",
+)
+def jepa_encoder(
+    context: dg.AssetExecutionContext,
+    config: PretrainRunConfig,
+    paths: PipelinePaths,
+    torch_device: TorchDevice,
+) -> dg.MaterializeResult:
+    archive_path = paths.examples("archive")
+    archive = load_examples(archive_path)
+    domain = config.domain(torch_device.resolve())
+    # The version is known before training, so a killed run resumes in the same folder.
+    run_dir = paths.artifacts / "encoders" / artifact_version(archive, domain)
+    internal = load_examples(paths.examples("internal"))
+    split = stratified_patient_split(internal.label, {"train": 0.7, "test": 0.3}, seed=config.seed)
+    probe_sets = (internal.subset(split["train"]), internal.subset(split["test"]))
+    if config.nproc_per_node > 1:
+        _run_torchrun(archive_path, run_dir, domain, config.nproc_per_node)
+    result = pretrain(archive, run_dir, domain, progress=True, probe_sets=probe_sets)
+    latest = {"version": result.version, "path": str(run_dir.relative_to(paths.artifacts))}
+    atomic_write_json(paths.artifacts / "encoders" / "latest.json", latest)
+    card = json.loads(result.card_path.read_text())
+    metadata = {
+        "version": dg.MetadataValue.text(result.version),
+        "encoder_path": dg.MetadataValue.path(str(result.encoder_path)),
+        "resumed_from_step": dg.MetadataValue.int(result.resumed_from_step or 0),
+        "loss_first": dg.MetadataValue.float(float(card["loss"]["first"])),
+        "loss_last": dg.MetadataValue.float(float(result.final_loss)),
+        "samples_per_s": dg.MetadataValue.float(float(result.samples_per_s)),
+        **flat_numbers(result.monitor, prefix="monitor/"),
+        **flat_numbers(result.probe or {}, prefix="probe/"),
+    }
+    plot = run_dir / "pretrain.png"
+    if plot.exists():
+        metadata["loss_curve"] = image_markdown(plot, "JEPA pretraining curves")
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(result.version))

@@ -1,0 +1,172 @@
+"""`lungjepa`: the command line. Pipeline steps run as Dagster materialisations (so they show
+in the UI's run history); `synth` and `curate` also work on any folder without Dagster.
+
+The profile (LUNGJEPA_PROFILE, or --profile) is applied before the Dagster modules are
+imported, because their Config defaults are read from params.yaml at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from orchestration.params import PROFILE_ENV, REPO_ROOT, resolve_path, section
+
+STEP_SELECTIONS: dict[str, list[str]] = {
+    "features": ["ehr_features", "training_examples"],
+    "pretrain": ["jepa_encoder"],
+    "finetune": ["diagnostic_models"],
+    "evaluate": ["evaluation"],
+    "export": ["onnx_model", "production_model"],
+}
+
+
+def _instance():
+    """The persistent Dagster instance (DAGSTER_HOME, default .dagster_home in the repo)."""
+    import dagster as dg
+
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / ".dagster_home")))
+    home.mkdir(parents=True, exist_ok=True)
+    return dg.DagsterInstance.get()
+
+
+def materialize(selection: list[str] | None, run_config: dict[str, Any] | None = None):
+    """Run the full_pipeline job in-process (all assets, or the named ones) on the instance."""
+    import dagster as dg
+
+    from orchestration.definitions import defs
+
+    job = defs.resolve_job_def("full_pipeline")
+    keys = [dg.AssetKey(name) for name in selection] if selection else None
+    return job.execute_in_process(
+        instance=_instance(), asset_selection=keys, run_config=run_config or {}
+    )
+
+
+def _summary(elapsed_s: float) -> str:
+    paths = section("paths")
+    metrics, artifacts = resolve_path(paths["metrics"]), resolve_path(paths["artifacts"])
+    lines = [f"LungJEPA demo finished in {elapsed_s / 60:.1f} min", ""]
+    lines.append(f"  raw archive      {resolve_path(paths['data']) / 'raw'}")
+    lines.append(f"  curated cohorts  {resolve_path(paths['data']) / 'curated'}")
+    lines.append(f"  encoders         {artifacts / 'encoders'}")
+    production = artifacts / "models" / "production.json"
+    if production.exists():
+        pointer = json.loads(production.read_text())
+        for name, rel in pointer["models"].items():
+            lines.append(f"  ONNX ({name:<12}) {artifacts / rel}")
+    lines.append(f"  metrics          {metrics}")
+    lines.append(f"  results          {REPO_ROOT / 'docs' / 'RESULTS.md'}")
+    evaluation = metrics / "evaluation.json"
+    if evaluation.exists():
+        results = json.loads(evaluation.read_text())
+        lines += ["", "  AUC [95% CI]      internal test          external"]
+        for model in results["internal"]:
+            cells = []
+            for cohort in ("internal", "external"):
+                r = results[cohort][model]
+                cells.append(f"{r['auc']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]")
+            lines.append(f"  {model:<16} {cells[0]:<22} {cells[1]}")
+    return "\n".join(lines)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    result = materialize(None)
+    if not result.success:
+        print("demo failed: see the Dagster run log above", file=sys.stderr)
+        return 1
+    print(_summary(time.perf_counter() - start))
+    return 0
+
+
+def cmd_materialize(args: argparse.Namespace) -> int:
+    selection = [s for item in args.select for s in item.split(",") if s]
+    return 0 if materialize(selection).success else 1
+
+
+def cmd_step(args: argparse.Namespace) -> int:
+    return 0 if materialize(STEP_SELECTIONS[args.command]).success else 1
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from cohorts.synthetic import generate_archive, preset_config
+
+    synth = section("synth")
+    config = preset_config(
+        args.preset or synth["preset"],
+        seed=synth["seed"] if args.seed is None else args.seed,
+        regime=synth["regime"] if args.regime is None else args.regime,
+        workers=args.workers or synth["workers"],
+    )
+    summary = generate_archive(Path(args.out), config, progress=True)
+    print(json.dumps(summary, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_curate(args: argparse.Namespace) -> int:
+    from cohorts.dicom import CurationConfig, curate_cohort
+
+    params = section("curate")
+    if args.workers:
+        params["workers"] = args.workers
+    raw = Path(args.input)
+    if not raw.is_dir():
+        print(f"lungjepa curate: input folder not found: {raw}", file=sys.stderr)
+        return 2
+    config = CurationConfig.from_params(params)
+    try:
+        summary = curate_cohort(raw, Path(args.output), config, progress=True)
+    except (OSError, ValueError) as error:
+        print(f"lungjepa curate: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary.to_dict(), indent=2, sort_keys=True))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lungjepa", description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", help="params.yaml profile, e.g. tiny (default: none)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("demo", help="run the whole pipeline on the synthetic default").set_defaults(
+        func=cmd_demo
+    )
+    mat = sub.add_parser("materialize", help="materialise named assets (comma-separated)")
+    mat.add_argument("--select", action="append", required=True)
+    mat.set_defaults(func=cmd_materialize)
+    for step, keys in STEP_SELECTIONS.items():
+        sub.add_parser(step, help=f"materialise {', '.join(keys)}").set_defaults(func=cmd_step)
+
+    synth = sub.add_parser("synth", help="write a synthetic raw archive")
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--preset", choices=["tiny", "demo", "study"])
+    synth.add_argument("--seed", type=int)
+    synth.add_argument("--regime", type=float)
+    synth.add_argument("--workers", type=int)
+    synth.set_defaults(func=cmd_synth)
+
+    curate = sub.add_parser("curate", help="curate one cohort's DICOM export")
+    curate.add_argument(
+        "--input", required=True, help="raw cohort folder (dicom/, annotations.csv)"
+    )
+    curate.add_argument("--output", required=True)
+    curate.add_argument("--workers", type=int)
+    curate.set_defaults(func=cmd_curate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.profile:
+        os.environ[PROFILE_ENV] = args.profile
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,70 @@
+"""Dagster resources: where the pipeline's files live, the Feast store, the torch device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+
+from orchestration.params import REPO_ROOT, resolve_path, section
+
+_PATHS = section("paths")
+COHORTS: tuple[str, ...] = ("archive", "internal", "external")
+
+
+class PipelinePaths(dg.ConfigurableResource):
+    """Roots of data/, artifacts/ and metrics/ (relative paths are relative to the repo)."""
+
+    data_dir: str = _PATHS["data"]
+    artifacts_dir: str = _PATHS["artifacts"]
+    metrics_dir: str = _PATHS["metrics"]
+
+    @property
+    def data(self) -> Path:
+        return resolve_path(self.data_dir)
+
+    @property
+    def artifacts(self) -> Path:
+        return resolve_path(self.artifacts_dir)
+
+    @property
+    def metrics(self) -> Path:
+        return resolve_path(self.metrics_dir)
+
+    def raw(self, cohort: str) -> Path:
+        return self.data / "raw" / cohort
+
+    def curated(self, cohort: str) -> Path:
+        return self.data / "curated" / cohort
+
+    def examples(self, cohort: str) -> Path:
+        return self.data / "examples" / f"{cohort}.npz"
+
+
+class FeatureStoreResource(dg.ConfigurableResource):
+    """The Feast store of EHR features; Feast has no official Dagster integration, so we wrap it.
+
+    The offline (file) and online (SQLite) stores and the registry live under
+    ``<data_dir>/feast``; switching to Spark/Snowflake and Redis is a feature_store.yaml change.
+    """
+
+    repo_dir: str = str(REPO_ROOT / "feature_repo")
+    data_dir: str = _PATHS["data"]
+
+    def open(self):  # -> feast.FeatureStore (import kept local: Feast is slow to import)
+        from feature_repo.store import open_store
+
+        return open_store(Path(self.repo_dir), resolve_path(self.data_dir))
+
+
+class TorchDevice(dg.ConfigurableResource):
+    """Which device training runs on: 'auto' takes CUDA when present."""
+
+    device: str = "auto"
+
+    def resolve(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"

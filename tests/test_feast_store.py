@@ -1,0 +1,238 @@
+"""EHR features through a real Feast store (file offline store, SQLite online store) in tmp dirs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from feast import FeatureStore
+from feast.repo_config import load_repo_config
+from feast.repo_operations import apply_total
+
+from cohorts.ehr import (
+    CLINICAL_HISTORY,
+    CLINICAL_SIGNATURES,
+    VIEWS,
+    CohortFeatures,
+    build_feature_tables,
+    combine_cohorts,
+    ehr_feature_names,
+    fit_signatures,
+    scan_timestamp,
+)
+from cohorts.ehr.covariates import CLINICAL_HISTORY_FEATURES
+from cohorts.privacy import pseudonymise
+from feature_repo.store import (
+    apply_definitions,
+    historical_features,
+    materialize,
+    online_features,
+    open_store,
+    write_sources,
+)
+
+REPO_DIR = Path(__file__).resolve().parents[1] / "feature_repo"
+KEY = b"test-key"
+AS_OF = dt.date(2024, 1, 1)
+LOOKBACK = 365
+TTL_DAYS = 3650
+N_SIG = 3
+SIGNATURES = [f"sig_{k:02d}" for k in range(N_SIG)]
+ARCHIVE_CODES = ["J44.9", "J43.1", "F17.210", "Z87.891", "E11.9", "I10", "Z85.3", "R91.1"]
+HEADERS = {
+    "person": "person_id,gender_source_value,year_of_birth,month_of_birth,day_of_birth,birth_datetime,care_site_id",
+    "condition_occurrence": "person_id,condition_source_value,condition_start_date",
+    "observation": "person_id,observation_source_value,observation_date,value_as_number,value_as_string",
+    "measurement": "person_id,measurement_source_value,measurement_date,value_as_number,unit_source_value",
+    "drug_exposure": "person_id,drug_source_value,drug_exposure_start_date",
+}
+# Patient A is scanned on 2019-01-15 and 2021-03-01; patient B on 2019-01-15 only.
+SCAN_1, SCAN_2 = dt.date(2019, 1, 15), dt.date(2021, 3, 1)
+INTERNAL = {
+    "person": ["A,F,1955,1,1,,1", "B,M,1948,1,1,,1"],
+    "condition_occurrence": [
+        "A,J44.9,2018-03-01",  # before scan 1
+        "A,Z80.1,2019-01-15",  # on scan 1's day: counts (inclusive rule)
+        "A,J43.1,2019-01-16",  # the day after scan 1: must not reach it
+        "A,F17.210,2019-06-01",  # after scan 1
+        "A,I10,2019-06-01",
+        "B,E11.9,2019-02-01",  # B's history starts after the scan
+        "B,Z85.3,2019-02-01",
+    ],
+    "observation": ["A,401201003,2019-06-01,40,"],
+    "drug_exposure": ["A,197361,2018-03-01", "A,1191,2019-06-01"],
+}
+
+
+def write_ehr(ehr_dir: Path, tables: dict[str, list[str]]) -> Path:
+    ehr_dir.mkdir(parents=True, exist_ok=True)
+    for table, header in HEADERS.items():
+        (ehr_dir / f"{table}.csv").write_text("\n".join([header, *tables.get(table, [])]) + "\n")
+    return ehr_dir
+
+
+def archive_ehr(ehr_dir: Path, n_persons: int = 40) -> Path:
+    rng = np.random.default_rng(7)
+    persons = [f"R{i},{'F' if i % 2 else 'M'},{1940 + i % 30},1,1,,1" for i in range(n_persons)]
+    conditions, drugs = [], []
+    for _ in range(n_persons * 12):
+        pid, day = (
+            f"R{rng.integers(n_persons)}",
+            dt.date(2012, 1, 1) + dt.timedelta(days=int(rng.integers(0, 3000))),
+        )
+        conditions.append(f"{pid},{rng.choice(ARCHIVE_CODES)},{day.isoformat()}")
+        if rng.random() < 0.5:
+            drugs.append(f"{pid},{rng.choice(['197361', '1191', '36567'])},{day.isoformat()}")
+    return write_ehr(
+        ehr_dir, {"person": persons, "condition_occurrence": conditions, "drug_exposure": drugs}
+    )
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Signatures fitted on an archive, internal cohort tables written to and applied in a store."""
+    root = tmp_path_factory.mktemp("feast")
+    signatures = fit_signatures(archive_ehr(root / "archive"), N_SIG, LOOKBACK, as_of=AS_OF)
+    internal_dir = write_ehr(root / "internal", INTERNAL)
+    built = build_feature_tables(internal_dir, "internal", KEY, signatures, LOOKBACK, as_of=AS_OF)
+    data_dir = root / "data"
+    write_sources(combine_cohorts([built]), data_dir)
+    store = open_store(REPO_DIR, data_dir)
+    apply_definitions(store, data_dir, TTL_DAYS, N_SIG)
+    return {
+        "root": root,
+        "store": store,
+        "data_dir": data_dir,
+        "signatures": signatures,
+        "internal_dir": internal_dir,
+        "A": pseudonymise("A", KEY, "patient"),
+        "B": pseudonymise("B", KEY, "patient"),
+    }
+
+
+def _truncated_features(world: dict, as_of: dt.date) -> CohortFeatures:
+    """The same cohort built from only the events up to ``as_of`` (the ground truth)."""
+    return build_feature_tables(
+        world["internal_dir"], "internal", KEY, world["signatures"], LOOKBACK, as_of=as_of
+    )
+
+
+def test_point_in_time_features_never_see_later_events(world: dict) -> None:
+    a, b = world["A"], world["B"]
+    entity = pd.DataFrame(
+        {
+            "patient_id": [a, b, a],
+            "event_timestamp": scan_timestamp(pd.Series([SCAN_1, SCAN_1, SCAN_2])),
+        }
+    )
+    got = historical_features(world["store"], entity)
+    assert got["patient_id"].tolist() == [a, b, a]
+    assert set(ehr_feature_names(N_SIG)) - {"age_at_scan_years"} <= set(got.columns)
+
+    first = got.iloc[0]
+    assert first["copd"] == 1  # 2018 event reaches the scan
+    assert first["family_history_lung_cancer"] == 1  # scan-day event counts
+    assert first["emphysema"] == 0  # next-day event does not
+    assert first["smoking_current"] == 0 and first["pack_years"] == 0
+    assert first["sex_female"] == 1 and first["year_of_birth"] == 1955
+    assert got.iloc[1][CLINICAL_HISTORY_FEATURES + SIGNATURES].isna().all()  # nothing yet
+    assert got.iloc[1]["year_of_birth"] == 1948
+    later = got.iloc[2]
+    assert later["emphysema"] == 1 and later["smoking_current"] == 1 and later["pack_years"] == 40
+
+    # every feature equals the one computed from the EHR cut at the scan day
+    for row, scan in [(0, SCAN_1), (2, SCAN_2)]:
+        truth = _truncated_features(world, scan).tables
+        for view, names in [
+            (CLINICAL_HISTORY, CLINICAL_HISTORY_FEATURES),
+            (CLINICAL_SIGNATURES, SIGNATURES),
+        ]:
+            table = truth[view]
+            expected = table[table["patient_id"] == a].iloc[-1][names].astype(float)
+            np.testing.assert_allclose(got.iloc[row][names].astype(float), expected, rtol=1e-6)
+
+
+def test_online_features_equal_historical_at_materialisation(world: dict) -> None:
+    store, a, b = world["store"], world["A"], world["B"]
+    first_end = dt.datetime(2019, 3, 1, tzinfo=dt.UTC)
+    second_end = dt.datetime(2021, 3, 1, tzinfo=dt.UTC)
+    names = ["sex_female", "year_of_birth", *CLINICAL_HISTORY_FEATURES, *SIGNATURES]
+    for end in (first_end, second_end):  # the second run is incremental
+        materialize(store, end)
+        online = online_features(store, [a, b]).set_index("patient_id")
+        entity = pd.DataFrame({"patient_id": [a, b], "event_timestamp": [pd.Timestamp(end)] * 2})
+        offline = historical_features(store, entity).set_index("patient_id")
+        for pid in (a, b):
+            np.testing.assert_allclose(
+                online.loc[pid, names].astype(float),
+                offline.loc[pid, names].astype(float),
+                rtol=1e-6,
+            )
+    assert online.loc[a, "pack_years"] == 40  # the second run brought A's 2019-06 history
+    views = {v.name: v for v in store.list_feature_views()}
+    assert set(views) == set(VIEWS)
+    assert all(v.most_recent_end_time is not None for v in views.values())
+
+
+def test_write_sources_rejects_naive_timestamps(world: dict, tmp_path: Path) -> None:
+    table = pd.DataFrame(
+        {"patient_id": ["P1"], "event_timestamp": [pd.Timestamp("2020-01-01")], "cohort": ["x"]}
+    )
+    with pytest.raises(ValueError, match="tz-aware UTC"):
+        write_sources({CLINICAL_HISTORY: table}, tmp_path)
+    with pytest.raises(ValueError, match="tz-aware"):
+        historical_features(world["store"], table[["patient_id", "event_timestamp"]])
+
+
+def _copy_repo(tmp_path: Path) -> Path:
+    """A copy of feature_repo/ whose default paths land in tmp_path/data/feast."""
+    repo = tmp_path / "feature_repo"
+    shutil.copytree(REPO_DIR, repo, ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "data" / "feast").mkdir(parents=True)  # feast's file registry makes one level only
+    return repo
+
+
+def test_repo_yaml_is_valid_and_applies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `feast apply` does, in-process: load feature_store.yaml, import the repo, apply."""
+    repo = _copy_repo(tmp_path)
+    monkeypatch.chdir(repo)  # feast names repo modules relative to the working directory
+    monkeypatch.setattr(sys, "path", [*sys.path, str(repo)])  # as the CLI's repo check does
+    monkeypatch.delitem(sys.modules, "definitions", raising=False)
+    config = load_repo_config(repo, repo / "feature_store.yaml")
+    assert (config.project, config.provider) == ("lungjepa", "local")
+    assert config.online_store.type == "sqlite" and config.offline_store.type == "file"
+    apply_total(config, repo, skip_source_validation=True)
+    sys.modules.pop("definitions", None)
+    store = FeatureStore(repo_path=str(repo))
+    assert (tmp_path / "data" / "feast" / "registry.db").is_file()
+    assert {s.name for s in store.list_feature_services()} == {
+        "diagnosis_training",
+        "diagnosis_serving",
+    }
+    assert {v.name for v in store.list_feature_views()} == set(VIEWS)
+    sources = {v.name: v.batch_source.path for v in store.list_feature_views()}
+    assert sources[CLINICAL_HISTORY] == str(
+        tmp_path / "data/feast/sources/clinical_history.parquet"
+    )
+
+
+@pytest.mark.slow
+def test_feast_cli_applies_the_repo_yaml(tmp_path: Path) -> None:
+    repo = _copy_repo(tmp_path)
+    feast = Path(sys.executable).parent / "feast"
+    result = subprocess.run(
+        [str(feast), "apply"], cwd=repo, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "data" / "feast" / "registry.db").is_file()
+    store = FeatureStore(repo_path=str(repo))
+    assert {s.name for s in store.list_feature_services()} == {
+        "diagnosis_training",
+        "diagnosis_serving",
+    }

@@ -2,6 +2,7 @@
 Dagster instance, a real Feast store, real DICOM files and real onnxruntime."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,7 @@ CHAIN = [
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("pipeline")
+    (root / "dagster_home").mkdir()
     with dg.instance_for_test(temp_dir=str(root / "dagster_home")) as instance:
         result = run_pipeline(root, instance)
         yield root, instance, result
@@ -94,18 +96,21 @@ print("ok")
     assert out.stdout.strip() == "ok"
 
 
-def test_definitions_validate_and_list_the_chain() -> None:
+def test_definitions_validate_and_list_the_chain(tmp_path: Path) -> None:
     dagster = Path(sys.executable).parent / "dagster"
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
     subprocess.run(
         [str(dagster), "definitions", "validate", "-m", "orchestration.definitions"],
         check=True,
         capture_output=True,
+        env=env,
     )
     listed = subprocess.run(
         [str(dagster), "asset", "list", "-m", "orchestration.definitions"],
         check=True,
         capture_output=True,
         text=True,
+        env=env,
     ).stdout
     for name in CHAIN:
         assert name in listed

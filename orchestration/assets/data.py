@@ -3,7 +3,7 @@
 import dagster as dg
 
 from cohorts.dicom import CurationConfig, curate_cohort
-from cohorts.synthetic import generate_archive, preset_config
+from cohorts.synthetic import SynthConfig, generate_archive, preset_config
 from orchestration.metadata import flat_numbers, markdown_table
 from orchestration.params import section
 from orchestration.resources import COHORTS, PipelinePaths
@@ -19,6 +19,20 @@ class RawArchiveConfig(dg.Config):
     seed: int = _SYNTH["seed"]
     regime: float = _SYNTH["regime"]
     workers: int = _SYNTH["workers"]
+    # Cohort sizes; None keeps the preset's.
+    n_archive: int | None = _SYNTH.get("n_archive")
+    n_internal: int | None = _SYNTH.get("n_internal")
+    n_external: int | None = _SYNTH.get("n_external")
+
+    def domain(self) -> SynthConfig:
+        sizes = {
+            k: v
+            for k in ("n_archive", "n_internal", "n_external")
+            if (v := getattr(self, k)) is not None
+        }
+        return preset_config(
+            self.preset, seed=self.seed, regime=self.regime, workers=self.workers, **sizes
+        )
 
 
 @dg.asset(
@@ -31,14 +45,13 @@ class RawArchiveConfig(dg.Config):
 def raw_archive(
     context: dg.AssetExecutionContext, config: RawArchiveConfig, paths: PipelinePaths
 ) -> dg.MaterializeResult:
-    synth = preset_config(
-        config.preset, seed=config.seed, regime=config.regime, workers=config.workers
-    )
-    summary = generate_archive(paths.data / "raw", synth, progress=True)
+    summary = generate_archive(paths.data / "raw", config.domain(), progress=True)
     context.log.info(f"raw archive written to {paths.data / 'raw'}: {summary}")
     return dg.MaterializeResult(
         metadata={"path": dg.MetadataValue.path(str(paths.data / "raw")), **flat_numbers(summary)},
-        data_version=dg.DataVersion(f"{config.preset}-{config.seed}-{config.regime}"),
+        data_version=dg.DataVersion(
+            "-".join(str(v) for v in config.model_dump(exclude={"workers"}).values())
+        ),
     )
 
 

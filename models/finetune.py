@@ -40,11 +40,11 @@ class FinetuneConfig:
     random along z, y and x (nodule malignancy has no preferred orientation).
     """
 
-    epochs: int = 60
+    epochs: int = 40
     batch_size: int = 32
     lr: float = 3e-4
     weight_decay: float = 0.05
-    patience: int = 10
+    patience: int = 8
     seed: int = 0
     warmup_epochs: int = 3
     encoder_lr_scale: float = 1.0

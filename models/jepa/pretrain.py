@@ -108,16 +108,16 @@ class PretrainConfig:
     (start, end) of their schedules. device: "auto" (CUDA if available), "cuda" or "cpu".
     """
 
-    epochs: int = 30
+    epochs: int = 20
     batch_size: int = 32
     lr: float = 0.0005
     warmup_epochs: int = 3
     weight_decay: tuple[float, float] = (0.04, 0.2)
     ema_momentum: tuple[float, float] = (0.996, 1.0)
-    embed_dim: int = 96
-    depth: int = 4
+    embed_dim: int = 64
+    depth: int = 3
     heads: int = 4
-    predictor_dim: int = 48
+    predictor_dim: int = 32
     predictor_depth: int = 2
     patch_size_vox: int = 8
     ehr_tokens: int = 4

@@ -23,8 +23,10 @@ demo: setup
 	mkdir -p $(DAGSTER_HOME)
 	$(BIN)/lungjepa demo
 
+# The second run is the UI end to end in headless Chromium (addopts deselect `browser`).
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m browser $(PYTEST_ARGS)
 
 test-all: setup
 	$(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
@@ -39,10 +41,16 @@ format: setup
 
 ui: setup
 	mkdir -p $(DAGSTER_HOME)
+	test -f $(DAGSTER_HOME)/dagster.yaml || cp orchestration/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -m orchestration.definitions -h 127.0.0.1 -p 3000
 
 bench: setup
 	$(BIN)/python -m benchmarks.run
+
+# the whole reliability suite, then docs/RELIABILITY.md from its figures (rendered even if a test fails)
+reliability: setup
+	status=0; LUNGJEPA_RELIABILITY_METRICS=$(CURDIR)/metrics/reliability.json $(BIN)/python -m pytest -m "reliability_full or not reliability_full" tests/reliability $(PYTEST_ARGS) || status=$$?; \
+	$(BIN)/python tests/reliability/report.py metrics/reliability.json docs/RELIABILITY.md && exit $$status
 
 clean:
 	rm -rf data artifacts metrics $(DAGSTER_HOME)

@@ -10,18 +10,15 @@ static for DDP and ONNX.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from cohorts.files import atomic_output
+from models.weights import load_weights, read_header, save_weights
 
 IMAGE, EHR = 0, 1
 """Modality ids in `TokenLayout.modality`."""
@@ -362,27 +359,27 @@ class MultimodalEncoder(nn.Module):
         return self.encode_tokens(tokens, attend)
 
 
+ENCODER_FORMAT = "lungjepa.encoder.v1"
+
+
 def save_encoder(encoder: MultimodalEncoder, path: Path, card: dict | None = None) -> None:
     """Write weights (+ EHR normalisation) to `path` (.safetensors) with the config in its metadata.
 
     Atomic, no pickle. The card (JSON-serialisable) rides along in the metadata too.
     """
-    metadata = {
-        "format": "lungjepa.encoder.v1",
-        "encoder_config": json.dumps(encoder.config.to_dict()),
-        "card": json.dumps(card or {}),
+    header = {
+        "format": ENCODER_FORMAT,
+        "encoder_config": encoder.config.to_dict(),
+        "card": card or {},
     }
-    tensors = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-    with atomic_output(Path(path)) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+    save_weights(encoder.state_dict(), Path(path), header)
 
 
 def load_encoder(path: Path) -> MultimodalEncoder:
     """Inverse of save_encoder (strict: every weight must be present)."""
-    with safe_open(str(path), framework="pt") as fh:
-        metadata = fh.metadata() or {}
-    if metadata.get("format") != "lungjepa.encoder.v1":
+    header = read_header(Path(path))
+    if header.get("format") != ENCODER_FORMAT:
         raise ValueError(f"{path}: not a LungJEPA encoder file")
-    encoder = MultimodalEncoder(EncoderConfig.from_dict(json.loads(metadata["encoder_config"])))
-    encoder.load_state_dict(load_file(str(path)), strict=True)
+    encoder = MultimodalEncoder(EncoderConfig.from_dict(header["encoder_config"]))
+    encoder.load_state_dict(load_weights(Path(path)), strict=True)
     return encoder

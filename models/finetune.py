@@ -9,7 +9,6 @@ only and stored inside the model, so the exported graph needs no preprocessing c
 from __future__ import annotations
 
 import copy
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,16 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from cohorts.files import atomic_output
+from cohorts.files import atomic_write_json
 from models.data import FIELDS, ExampleSet, ehr_normalisation
 from models.diagnostic import DiagnosticModel
 from models.encoders import EncoderConfig, MultimodalEncoder
 from models.schedules import ADAMW_BETAS, apply_lr, param_groups, warmup_cosine
+from models.weights import load_weights, read_header, save_weights
 
 MODEL_FORMAT = "lungjepa.diagnostic.v1"
 
@@ -261,31 +259,24 @@ def save_model(model: DiagnosticModel, path: Path, card: dict) -> None:
         "encoder_config": model.encoder.config.to_dict(),
         "modalities": model.modalities,
     }
-    metadata = {k: json.dumps(v) for k, v in config.items()}
-    metadata["card"] = json.dumps(card)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_output(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
-    with atomic_output(path.with_suffix(".json")) as tmp:
-        tmp.write_text(json.dumps({**config, "card": card}, indent=2, sort_keys=True) + "\n")
+    save_weights(model.state_dict(), path, {**config, "card": card})
+    atomic_write_json(path.with_suffix(".json"), {**config, "card": card})
 
 
 def load_model(path: Path) -> DiagnosticModel:
     """Rebuild a DiagnosticModel from a save_model file (strict weights, eval mode, no pickle)."""
-    with safe_open(str(path), framework="pt") as fh:
-        metadata = fh.metadata() or {}
-    if json.loads(metadata.get("format", "null")) != MODEL_FORMAT:
+    header = read_header(Path(path))
+    if header.get("format") != MODEL_FORMAT:
         raise ValueError(f"{path}: not a LungJEPA diagnostic model file")
-    encoder = MultimodalEncoder(EncoderConfig.from_dict(json.loads(metadata["encoder_config"])))
-    model = DiagnosticModel(encoder, json.loads(metadata["modalities"]))
-    model.load_state_dict(load_file(str(path)), strict=True)
+    encoder = MultimodalEncoder(EncoderConfig.from_dict(header["encoder_config"]))
+    model = DiagnosticModel(encoder, header["modalities"])
+    model.load_state_dict(load_weights(Path(path)), strict=True)
     return model.eval()
 
 
 def load_card(path: Path) -> dict:
     """The card stored with a save_model file."""
-    with safe_open(str(path), framework="pt") as fh:
-        return json.loads((fh.metadata() or {}).get("card", "{}"))
+    return read_header(Path(path)).get("card", {})
 
 
 def config_dict(config: FinetuneConfig) -> dict:

@@ -129,6 +129,106 @@ def cmd_curate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    """The synthetic sweep; use it with `--profile study` (the sizes one cell should have)."""
+    from orchestration.study import default_sweep, run_study
+
+    regimes, seeds = default_sweep()
+    if args.regimes:
+        regimes = [float(r) for r in args.regimes.split(",")]
+    if args.seeds:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    paths = section("paths")
+    root = Path(args.out) if args.out else resolve_path(paths["data"]) / "study"
+    study = run_study(root, resolve_path(paths["metrics"]), regimes, seeds, _instance())
+    for row in study["rows"]:
+        print(
+            f"{row['cohort']:<9} regime {row['regime']:<5g} {row['comparison']:<26} "
+            f"{row['mean_auc_difference']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
+        )
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Torch-free: reads DICOM with the curation code, Feast online features, verified ONNX.
+
+    Exit status: 0 done; 2 a bad input (message on stderr); batch mode: 1 when some rows
+    could not be predicted (each such row carries its ``error``).
+    """
+    from cohorts.privacy import pseudonym_key
+    from models.onnx_runtime import ModelIntegrityError
+    from orchestration.predict import (
+        BatchRequest,
+        CurationSettings,
+        PredictionError,
+        PredictRequest,
+        parse_date,
+        parse_nodule,
+        predict,
+        predict_batch,
+        resolve_model_path,
+    )
+
+    single = (args.dicom, args.nodule, args.patient_id)
+    batch = (args.annotations, args.dicom_root)
+    if not (all(single) and not any(batch)) and not (all(batch) and not any(single)):
+        print(
+            "lungjepa predict: give --dicom, --nodule and --patient-id (one nodule), "
+            "or --annotations and --dicom-root (batch)",
+            file=sys.stderr,
+        )
+        return 2
+    paths, curate = section("paths"), section("curate")
+    data_dir = resolve_path(args.data_dir or paths["data"])
+    artifacts_dir = resolve_path(args.artifacts_dir or paths["artifacts"])
+    settings = CurationSettings(
+        min_slices=int(curate["min_slices"]),
+        pseudonym_key=pseudonym_key(curate.get("pseudonym_key")),
+        date_shift_max_days=int(curate.get("date_shift_max_days", 0)),
+    )
+    try:
+        model_path = resolve_model_path(args.model, artifacts_dir)
+        if args.annotations:
+            rows = predict_batch(
+                BatchRequest(
+                    annotations_csv=Path(args.annotations),
+                    dicom_root=Path(args.dicom_root),
+                    model_path=model_path,
+                    data_dir=data_dir,
+                    feature_repo_dir=REPO_ROOT / "feature_repo",
+                    curation=settings,
+                    allow_missing_ehr=args.allow_missing_ehr,
+                )
+            )
+            for row in rows:
+                print(json.dumps(row))
+            failed = sum("error" in row for row in rows)
+            print(
+                f"lungjepa predict: {len(rows) - failed} predicted, {failed} failed",
+                file=sys.stderr,
+            )
+            return 1 if failed else 0
+        request = PredictRequest(
+            dicom_dir=Path(args.dicom),
+            nodule_xyz_mm=parse_nodule(args.nodule),
+            patient_id=args.patient_id,
+            model_path=model_path,
+            data_dir=data_dir,
+            feature_repo_dir=REPO_ROOT / "feature_repo",
+            curation=settings,
+            at=parse_date(args.at) if args.at else None,
+            diameter_mm=args.diameter,
+            features_json=Path(args.features_json) if args.features_json else None,
+            allow_missing_ehr=args.allow_missing_ehr,
+        )
+        result = predict(request)
+    except (PredictionError, ModelIntegrityError) as error:
+        print(f"lungjepa predict: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lungjepa", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", help="params.yaml profile, e.g. tiny (default: none)")
@@ -142,6 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     mat.set_defaults(func=cmd_materialize)
     for step, keys in STEP_SELECTIONS.items():
         sub.add_parser(step, help=f"materialise {', '.join(keys)}").set_defaults(func=cmd_step)
+
+    study = sub.add_parser("study", help="synthetic sweep over causal regimes x seeds")
+    study.add_argument("--regimes", help="comma-separated, default params.yaml study.regimes")
+    study.add_argument("--seeds", help="comma-separated, default params.yaml study.seeds")
+    study.add_argument("--out", help="folder for the cells' data (default data/study)")
+    study.set_defaults(func=cmd_study)
 
     synth = sub.add_parser("synth", help="write a synthetic raw archive")
     synth.add_argument("--out", required=True)
@@ -158,6 +264,28 @@ def build_parser() -> argparse.ArgumentParser:
     curate.add_argument("--output", required=True)
     curate.add_argument("--workers", type=int)
     curate.set_defaults(func=cmd_curate)
+
+    pred = sub.add_parser(
+        "predict", help="malignancy probability for one nodule (ONNX, Feast online; no torch)"
+    )
+    pred.add_argument("--dicom", help="folder with the patient's DICOM files")
+    pred.add_argument(
+        "--nodule",
+        help="X,Y,Z world mm (LPS, as annotations.csv); write --nodule=-1,2,3 when X < 0",
+    )
+    pred.add_argument("--diameter", type=float, help="nodule diameter, mm (reported)")
+    pred.add_argument("--patient-id", help="hospital patient id (DICOM PatientID)")
+    pred.add_argument("--at", help="scan date YYYY-MM-DD: picks the study (default: latest)")
+    pred.add_argument("--model", help="model.onnx path, or a name in production.json (jepa)")
+    pred.add_argument("--features-json", help="EHR features {name: value} instead of Feast")
+    pred.add_argument(
+        "--allow-missing-ehr", action="store_true", help="unknown patient: imaging only"
+    )
+    pred.add_argument("--annotations", help="batch: LUNA16 CSV (seriesuid,coordX,coordY,coordZ)")
+    pred.add_argument("--dicom-root", help="batch: folder holding the CSV's series")
+    pred.add_argument("--data-dir", help="data folder with feast/ (default: params paths.data)")
+    pred.add_argument("--artifacts-dir", help="artifacts folder (default: params paths.artifacts)")
+    pred.set_defaults(func=cmd_predict)
     return parser
 
 

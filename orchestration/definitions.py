@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import dagster as dg
 
-from orchestration.assets import data, evaluation, export, features, training
+from orchestration.assets import data, evaluation, export, features, incoming, training
+from orchestration.assets.incoming import IncomingArchive
 from orchestration.checks import onnx_parity
-from orchestration.jobs import full_pipeline, retraining, weekly_retraining
+from orchestration.jobs import full_pipeline, incoming_curation, retraining, weekly_retraining
+from orchestration.quality import QUALITY_CHECKS, cohort_drift
 from orchestration.resources import FeatureStoreResource, PipelinePaths, TorchDevice
+from orchestration.sensors import incoming_batches
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([data, features, training, evaluation, export]),
-    asset_checks=[onnx_parity],
-    jobs=[full_pipeline, retraining],
+    assets=[
+        *dg.load_assets_from_modules([data, features, training, evaluation, export, incoming]),
+        cohort_drift,
+    ],
+    asset_checks=[onnx_parity, *QUALITY_CHECKS],
+    jobs=[full_pipeline, retraining, incoming_curation],
     schedules=[weekly_retraining],
+    sensors=[incoming_batches],
     resources={
         "paths": PipelinePaths(),
         "feature_store": FeatureStoreResource(),
         "torch_device": TorchDevice(),
+        "incoming": IncomingArchive(),
     },
 )

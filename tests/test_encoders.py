@@ -67,7 +67,10 @@ def test_layout_orders_time_then_patches_then_ehr() -> None:
         assert layout.patch_index[block].tolist() == list(range(p)) + list(range(e))
     params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
     default = EncoderConfig.from_params(params, n_ehr_features=12)
-    assert default.n_tokens == 3 * (64 + 4) and default.embed_dim == 96
+    grid = params["curate"]["crop_size_vox"] // params["pretrain"]["patch_size_vox"]
+    expected = params["examples"]["max_timepoints"] * (grid**3 + params["pretrain"]["ehr_tokens"])
+    assert default.n_tokens == expected
+    assert default.embed_dim == params["pretrain"]["embed_dim"]
 
 
 def test_shapes_validity_and_embeddings(examples: ExampleSet) -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pytest
-from pipeline_run import run_pipeline
 
 CHAIN = [
     "raw_archive",
@@ -26,12 +25,8 @@ CHAIN = [
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("pipeline")
-    (root / "dagster_home").mkdir()
-    with dg.instance_for_test(temp_dir=str(root / "dagster_home")) as instance:
-        result = run_pipeline(root, instance)
-        yield root, instance, result
+def pipeline(tiny_pipeline: tuple) -> tuple:
+    return tiny_pipeline
 
 
 def test_every_asset_materialises(pipeline) -> None:

@@ -17,11 +17,14 @@ hashes, modality and (shifted) dates reaches the outputs. The only raw strings w
 file paths relative to the raw cohort directory, in ``quarantine.parquet``, so an operator
 can find a bad file; components naming a patient or a UID are redacted (``redact_path``). A per-series fingerprint (file paths, sizes, mtimes, its annotation
 rows, crop parameters) makes reruns idempotent: an unchanged series is never decoded again.
+A run holds an exclusive lock on ``<out>/.lock`` (a concurrent run waits, then reuses the
+work) and first removes temporary files a killed run left behind.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import multiprocessing
@@ -29,6 +32,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -154,8 +158,11 @@ class _Outcome:
 
 
 def save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, array, allow_pickle=False)
+    try:
+        with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, array, allow_pickle=False)
+    except OSError as exc:  # numpy's short-write message names neither file nor cause
+        raise OSError(exc.errno, f"could not write {path} (disk full?): {exc}") from exc
 
 
 def save_parquet_atomic(path: Path, frame: pd.DataFrame, schema: pa.Schema) -> None:
@@ -341,6 +348,34 @@ def curate_cohort(
             pass
     except OSError as exc:
         raise PermissionError(f"curated output directory {out_dir} is not writable: {exc}") from exc
+    with _exclusive_lock(out_dir / ".lock"):  # a second curation of out_dir waits, then reuses
+        return _curate(raw_dir, out_dir, dicom_dir, config, progress, started)
+
+
+@contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` (released on exit, or by the OS if killed)."""
+    with path.open("a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _curate(
+    raw_dir: Path,
+    out_dir: Path,
+    dicom_dir: Path,
+    config: CurationConfig,
+    progress: bool,
+    started: float,
+) -> CurationSummary:
+    """The body of ``curate_cohort``, run while holding the output folder's lock."""
+    for stale in [
+        p for d in (out_dir, out_dir / "volumes", out_dir / "crops") for p in d.glob(".*.tmp")
+    ]:
+        stale.unlink(missing_ok=True)  # left by a killed run (atomic_output's temp files)
     key = config.pseudonym_key
     summary = CurationSummary()
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -87,7 +88,17 @@ def _floats(value: object, n: int) -> tuple[float, ...] | None:
         out = tuple(float(v) for v in value)  # type: ignore[attr-defined]
     except (TypeError, ValueError):
         return None
-    return out if len(out) == n else None
+    finite = all(math.isfinite(v) for v in out)  # "nan" / "inf" parse as floats
+    return out if len(out) == n and finite else None
+
+
+def _positive_or_none(value: object) -> float | None:
+    """A length in mm, or None when absent, not a number, not finite or not positive."""
+    try:
+        out = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) and out > 0 else None
 
 
 def _strings(value: object) -> tuple[str, ...]:
@@ -184,10 +195,13 @@ def read_header(path: Path) -> SliceHeader | tuple[Path, str] | None:
             return path, "not_dicom"
     except Exception:  # noqa: BLE001 - pydicom raises many types on a broken header
         return path, "unreadable_header"
-    sop_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
-    if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
-        return None
-    series_uid = str(ds.get("SeriesInstanceUID", "") or "")
+    try:  # values convert lazily: a damaged element raises on first access, not in dcmread
+        sop_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
+        if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
+            return None
+        series_uid = str(ds.get("SeriesInstanceUID", "") or "")
+    except Exception:  # noqa: BLE001 - e.g. NotImplementedError for an unknown VR
+        return path, "unreadable_header"
     if not series_uid:
         return path, "no_series_uid"
     try:
@@ -207,7 +221,7 @@ def read_header(path: Path) -> SliceHeader | tuple[Path, str] | None:
             position_mm=_floats(ds.get("ImagePositionPatient"), 3),  # type: ignore[arg-type]
             orientation=_floats(ds.get("ImageOrientationPatient"), 6),  # type: ignore[arg-type]
             pixel_spacing_mm=_floats(ds.get("PixelSpacing"), 2),  # type: ignore[arg-type]
-            slice_thickness_mm=float(thickness) if thickness not in (None, "") else None,
+            slice_thickness_mm=_positive_or_none(thickness),
             rows=int(ds.get("Rows", 0) or 0),
             columns=int(ds.get("Columns", 0) or 0),
             n_frames=int(ds.get("NumberOfFrames", 1) or 1),

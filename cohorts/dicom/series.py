@@ -19,6 +19,8 @@ Series-level reasons (``index.parquet``; ``reason`` is ``"<token>"`` or ``"<toke
 - ``missing_slice``           a step between neighbours above 1.5x the median step
 - ``irregular_spacing``       steps that differ by more than 10 % without a missing slice
 - ``too_few_slices: n < min`` not a diagnostic volume
+- ``bad_rescale``             RescaleSlope / RescaleIntercept not a finite number
+- ``unreadable_header``       an element that only fails when the pixels are converted
 - ``mixed_series``            (``read_series`` only) the paths hold several series
 - ``not_selected: ...``       valid, but the study has a thinner (or longer) series chosen
 - file reasons propagated to the series: ``truncated``, ``missing_pixel_data``,
@@ -136,6 +138,15 @@ def check_geometry(headers: Sequence[SliceHeader]) -> SeriesGeometry:
     ]
     if missing:
         raise SeriesError("missing_geometry", files=missing)
+    degenerate = [
+        h.path
+        for h in headers
+        if min(h.pixel_spacing_mm) <= 0  # type: ignore[arg-type]
+        or np.linalg.norm(h.orientation[:3]) < 1e-6  # type: ignore[index]
+        or np.linalg.norm(h.orientation[3:]) < 1e-6  # type: ignore[index]
+    ]
+    if degenerate:
+        raise SeriesError("missing_geometry", "zero spacing or orientation", files=degenerate)
     orientations = np.array([h.orientation for h in headers], dtype=np.float64)
     if np.abs(orientations - orientations[0]).max() > _ORIENTATION_TOL:
         raise SeriesError("mixed_orientation")
@@ -222,8 +233,13 @@ def slice_to_hu(ds: pydicom.Dataset, path: Path) -> np.ndarray:
         raise SeriesError("undecodable", name, files=[path]) from exc
     if stored.ndim != 2:
         raise SeriesError("multiframe", f"pixel array of shape {stored.shape}", files=[path])
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    try:
+        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    except Exception as exc:  # noqa: BLE001 - text, or an element pydicom cannot convert
+        raise SeriesError("bad_rescale", "slope or intercept not a number", files=[path]) from exc
+    if not (np.isfinite(slope) and np.isfinite(intercept)):
+        raise SeriesError("bad_rescale", f"slope {slope}, intercept {intercept}", files=[path])
     hu = stored.astype(np.float32) * np.float32(slope) + np.float32(intercept)
     padding = _stored_value(ds.get("PixelPaddingValue"), ds)
     if padding is not None:
@@ -263,7 +279,12 @@ def volume_from_geometry(geometry: SeriesGeometry) -> CTVolume:
             raise SeriesError("truncated", "pixel data unreadable", files=[header.path]) from exc
         if "PixelData" not in ds:
             raise SeriesError("missing_pixel_data", files=[header.path])
-        slice_hu = slice_to_hu(ds, header.path)
+        try:
+            slice_hu = slice_to_hu(ds, header.path)
+        except SeriesError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a damaged element read lazily, e.g. padding
+            raise SeriesError("unreadable_header", type(exc).__name__, files=[header.path]) from exc
         if slice_hu.shape != geometry.shape[1:]:
             raise SeriesError("mixed_size", f"pixel array {slice_hu.shape}", files=[header.path])
         hu[k] = np.clip(np.rint(slice_hu), HU_MIN, HU_MAX).astype(np.int16)

@@ -39,6 +39,7 @@ class FeaturesConfig(dg.Config):
     group_name="features",
     deps=[raw_archive],
     kinds={"python", "feast", "sqlite"},
+    retry_policy=dg.RetryPolicy(max_retries=3, delay=10.0, backoff=dg.Backoff.EXPONENTIAL),
     code_version="1",
     description="Latent clinical signatures (FastICA, fitted on the unlabeled archive only) and "
     "clinical covariates per EHR snapshot, applied to Feast and materialised online.",
@@ -90,6 +91,7 @@ class ExamplesConfig(dg.Config):
     group_name="features",
     deps=[curated_scans, ehr_features],
     kinds={"python", "numpy"},
+    retry_policy=dg.RetryPolicy(max_retries=3, delay=10.0, backoff=dg.Backoff.EXPONENTIAL),
     code_version="1",
     description="One row per patient: index-nodule crops over time with EHR features as of each "
     "scan (Feast point-in-time join) and labels where the cohort has them.",

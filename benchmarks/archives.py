@@ -1,0 +1,20 @@
+"""Synthetic archives of a chosen size for the benchmarks (the tiny preset, sizes overridden)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cohorts.synthetic import generate_archive, preset_config
+
+BASE_ARCHIVE_PATIENTS = 8
+"""The tiny preset's archive cohort: archive size x1."""
+
+
+def make_archive(
+    root: Path, n_archive: int, n_internal: int = 1, n_external: int = 1, workers: int = 1
+) -> dict:
+    """Generate root/<cohort>/ with the tiny preset's image sizes and the given cohort sizes."""
+    config = preset_config(
+        "tiny", workers=workers, n_archive=n_archive, n_internal=n_internal, n_external=n_external
+    )
+    return generate_archive(Path(root), config, progress=False)

@@ -1,0 +1,133 @@
+"""Curation throughput against a plain pydicom read-and-rescale loop, and its peak memory.
+
+The floor decodes every file under dicom/ that carries pixel data (dcmread, pixel_array,
+slope and intercept) and nothing else: no header checks, geometry, crops or writes. Both
+rates are slices decoded per second; their ratio says what curation's extra work costs.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import shutil
+import tempfile
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+from benchmarks.archives import make_archive
+from benchmarks.common import BenchResult, BenchSize, in_child, interleaved
+from cohorts.dicom import CurationConfig, curate_cohort
+from cohorts.dicom.scan import iter_files
+
+COMMAND = "python -m benchmarks.run --only curation"
+
+
+def _config(workers: int) -> CurationConfig:
+    return CurationConfig(workers=workers, min_slices=8, crop_size_vox=16)
+
+
+def _floor_one(path: Path) -> int:
+    """Read one file and rescale its pixels to HU; 1 when it had pixels, else 0."""
+    ds = pydicom.dcmread(path)
+    if "PixelData" not in ds:
+        return 0
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    hu = ds.pixel_array.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    return int(hu.ndim == 2)
+
+
+def floor_loop(files: list[Path], workers: int) -> int:
+    """Slices decoded by the plain loop (a process pool for workers > 1, like curation)."""
+    if workers <= 1:
+        return sum(_floor_one(p) for p in files)
+    chunk = max(1, len(files) // (workers * 8))
+    with multiprocessing.get_context().Pool(workers) as pool:
+        return sum(pool.imap_unordered(_floor_one, files, chunksize=chunk))
+
+
+def curate_once(raw_dir: Path, workers: int) -> int:
+    """Slices curation decoded in one fresh run (a new output folder: no reuse of old work)."""
+    out = Path(tempfile.mkdtemp(prefix="bench-curated-"))
+    try:
+        return curate_cohort(raw_dir, out, _config(workers), progress=False).slices_processed
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def curate_peak_memory(raw_dir: str) -> dict[str, float]:
+    """Curate in this (child) process with one worker; tracemalloc peak of Python/numpy memory."""
+    out = Path(tempfile.mkdtemp(prefix="bench-curated-"))
+    tracemalloc.start()
+    try:
+        summary = curate_cohort(Path(raw_dir), out, _config(1), progress=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        shutil.rmtree(out, ignore_errors=True)
+    return {"tracemalloc_peak_mib": peak / 2**20, "series": summary.series_processed}
+
+
+def run(size: BenchSize, work_dir: Path) -> BenchResult:
+    result = BenchResult("curation", "Curation throughput and memory", COMMAND)
+    n_patients = size.archive_patients
+    raw = work_dir / "curation" / "throughput"
+    make_archive(raw, n_archive=n_patients)
+    archive = raw / "archive"
+    files = list(iter_files(archive / "dicom"))
+    result.config = {
+        "archive_patients": n_patients,
+        "files": len(files),
+        "preset": "tiny (48 px, 16 slices)",
+    }
+    cases = {}
+    for workers in (1, 2):
+        cases[f"curate_cohort, {workers} worker(s)"] = lambda w=workers: curate_once(archive, w)
+        cases[f"pydicom floor, {workers} worker(s)"] = lambda w=workers: floor_loop(files, w)
+    timed = interleaved(cases, size.reps, size.warmup)
+    rates: dict[str, float] = {}
+    for label, runs in timed.items():
+        row = result.add(label, "slices/s", [n / s for s, n in runs], slices=runs[0][1])
+        rates[label] = row["median"]
+    for workers in (1, 2):
+        result.ratio(
+            f"curation / floor, {workers} worker(s)",
+            rates[f"curate_cohort, {workers} worker(s)"]
+            / rates[f"pydicom floor, {workers} worker(s)"],
+            "share of the plain read-and-rescale rate that curation keeps (1.0 = free)",
+        )
+    result.ratio(
+        "curation 2 workers / 1 worker",
+        rates["curate_cohort, 2 worker(s)"] / rates["curate_cohort, 1 worker(s)"],
+        "parallel speed-up (2.0 = linear on 2 cores)",
+    )
+
+    base = max(1, size.archive_patients // 4)
+    peaks: dict[int, float] = {}
+    for factor in (1, 2, 4):
+        mem_raw = work_dir / "curation" / f"memory-x{factor}"
+        make_archive(mem_raw, n_archive=base * factor)
+        child = in_child(curate_peak_memory, str(mem_raw / "archive"))
+        rss_mib = child["maxrss_kib"] / 1024
+        peaks[factor] = rss_mib
+        result.add(f"peak RSS, archive x{factor} ({base * factor} patients)", "MiB", [rss_mib])
+        result.add(
+            f"tracemalloc peak, archive x{factor}",
+            "MiB",
+            [child["value"]["tracemalloc_peak_mib"]],
+            series=child["value"]["series"],
+        )
+    for factor in (2, 4):
+        result.ratio(
+            f"peak RSS x{factor} / x1",
+            peaks[factor] / peaks[1],
+            "memory growth with the archive (1.0 = flat: one series in memory per worker)",
+        )
+    result.notes.append(
+        "Peak memory: one spawned process per size, 1 worker, so ru_maxrss is that run's "
+        "own peak (it includes the ~interpreter and library baseline)."
+    )
+    shutil.rmtree(work_dir / "curation", ignore_errors=True)
+    return result

@@ -1,0 +1,116 @@
+"""Feast online retrieval for one patient against a direct SQLite read of the same rows.
+
+The store is built the way the ehr_features asset builds it (signatures fitted on the
+archive, tables per cohort, sources written, definitions applied, materialised) on a small
+synthetic archive in a temporary folder. The floor opens the online store's SQLite file and
+selects the patient's rows from every view of the serving service, decoding the values.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import time
+from pathlib import Path
+
+from feast.infra.key_encoding_utils import serialize_entity_key
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+from feast.protos.feast.types.Value_pb2 import Value
+
+from benchmarks.archives import BASE_ARCHIVE_PATIENTS, make_archive
+from benchmarks.common import BenchResult, BenchSize, percentiles_ms
+from cohorts.ehr.features import build_feature_tables, combine_cohorts, fit_signatures
+from cohorts.synthetic.config import COHORTS
+from feature_repo import store as feast_store
+from feature_repo.definitions import SERVING_SERVICE
+
+COMMAND = "python -m benchmarks.run --only feast_online"
+REPO_DIR = Path(__file__).resolve().parents[1] / "feature_repo"
+N_SIGNATURES = 4
+LOOKBACK_DAYS = 1825
+TTL_DAYS = 3650
+KEY = b"benchmark-key"
+
+
+def build_store(root: Path, n_archive: int):  # -> (FeatureStore, data_dir, patient ids)
+    """Synthetic raw cohorts -> Feast store under root/data, materialised online."""
+    make_archive(root / "raw", n_archive=n_archive, n_internal=2, n_external=2)
+    signatures = fit_signatures(root / "raw" / "archive" / "ehr", N_SIGNATURES, LOOKBACK_DAYS)
+    parts = [
+        build_feature_tables(root / "raw" / c / "ehr", c, KEY, signatures, LOOKBACK_DAYS)
+        for c in COHORTS
+    ]
+    tables = combine_cohorts(parts)
+    data_dir = root / "data"
+    feast_store.write_sources(tables, data_dir)
+    store = feast_store.open_store(REPO_DIR, data_dir)
+    feast_store.apply_definitions(store, data_dir, TTL_DAYS, N_SIGNATURES)
+    feast_store.materialize(store, dt.datetime.now(dt.UTC))
+    ids = sorted(set(next(iter(tables.values()))["patient_id"]))
+    return store, data_dir, ids
+
+
+def sqlite_read(db: sqlite3.Connection, tables: list[str], entity_key: bytes) -> dict[str, float]:
+    """The floor: the patient's feature rows from each view's table, values decoded."""
+    out: dict[str, float] = {}
+    for table in tables:
+        rows = db.execute(
+            f'SELECT feature_name, value FROM "{table}" WHERE entity_key = ?', (entity_key,)
+        ).fetchall()
+        for name, blob in rows:
+            value = Value.FromString(blob)
+            kind = value.WhichOneof("val")
+            out[name] = getattr(value, kind) if kind else float("nan")
+    return out
+
+
+def run(size: BenchSize, work_dir: Path) -> BenchResult:
+    result = BenchResult("feast_online", "Feast online retrieval vs direct SQLite", COMMAND)
+    root = work_dir / "feast"
+    store, data_dir, ids = build_store(root, min(size.archive_patients, BASE_ARCHIVE_PATIENTS))
+    patient = ids[0]
+    service = store.get_feature_service(SERVING_SERVICE)
+    views = [p.name for p in service.feature_view_projections]
+    tables = [f"{feast_store.PROJECT}_{v}" for v in views]
+    entity_key = serialize_entity_key(
+        EntityKey(join_keys=["patient_id"], entity_values=[Value(string_val=patient)]),
+        entity_key_serialization_version=3,
+    )
+    db = sqlite3.connect(feast_store.feast_dir(data_dir) / "online.db")
+    direct = sqlite_read(db, tables, entity_key)
+    online = feast_store.online_features(store, [patient]).iloc[0].to_dict()
+    if not direct:
+        raise RuntimeError(f"no online rows for {patient} in {tables}")
+    shared = sorted(set(direct) & set(online))
+    calls = 50 if size.name != "full" else 300
+    for _ in range(10):  # warm-up: registry cache, connections
+        feast_store.online_features(store, [patient])
+        sqlite_read(db, tables, entity_key)
+    seconds: dict[str, list[float]] = {"feast online_features": [], "direct SQLite read": []}
+    for _ in range(calls):
+        started = time.perf_counter()
+        feast_store.online_features(store, [patient])
+        seconds["feast online_features"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        sqlite_read(db, tables, entity_key)
+        seconds["direct SQLite read"].append(time.perf_counter() - started)
+    db.close()
+    p50 = {}
+    for label, values in seconds.items():
+        pct = percentiles_ms(values)
+        p50[label] = pct["p50_ms"]
+        result.add(f"{label}, one patient", "ms", [s * 1e3 for s in values], **pct)
+    result.ratio(
+        "feast p50 / SQLite p50",
+        p50["feast online_features"] / p50["direct SQLite read"],
+        "what the Feast client costs over reading the same rows from its SQLite file",
+    )
+    result.config = {
+        "views": views,
+        "features_read_directly": len(direct),
+        "features_in_both": len(shared),
+        "calls": calls,
+        "patients_in_store": len(ids),
+    }
+    result.notes.append("The two reads alternate call by call for the same patient.")
+    return result

@@ -1,0 +1,323 @@
+"""Data-quality asset checks (blocking) and the cohort-drift asset with its (warning) check.
+
+The blocking checks read the files their asset wrote and run the great-expectations suites
+of cohorts.quality.suites; a failure stops everything downstream in that run, and the
+check's metadata lists each failed expectation with example rows. ``cohort_drift`` compares
+the training (internal) cohort with the external one on EHR features, crop HU statistics,
+JEPA embeddings and the JEPA predictor's cross-modal error, writes metrics/drift/ and records
+the outcome next to the diagnostic models' card (artifacts/models/<version>/drift.json).
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from cohorts.examples import scan_entities
+from cohorts.files import atomic_write_json
+from cohorts.quality.drift import (
+    ERROR,
+    DriftThresholds,
+    compare_cohorts,
+    ehr_latest,
+    image_statistics,
+)
+from cohorts.quality.report import json_safe, write_drift_report
+from cohorts.quality.suites import (
+    FailedExpectation,
+    QualityThresholds,
+    SuiteResult,
+    crop_statistics,
+    ehr_scan_frame,
+    label_frame,
+    validate_crops,
+    validate_ehr_features,
+    validate_labels,
+    validate_scan_index,
+)
+from orchestration.assets.data import curated_scans
+from orchestration.assets.evaluation import diagnostic_models, latest_encoder, latest_models
+from orchestration.assets.features import training_examples
+from orchestration.metadata import flat_numbers, markdown_table
+from orchestration.params import params
+from orchestration.resources import COHORTS, PipelinePaths
+
+LABELED_COHORTS: tuple[str, ...] = ("internal", "external")
+REFERENCE, CANDIDATE = "internal", "external"
+FEATURE_VIEWS: tuple[str, ...] = ("demographics", "clinical_history", "clinical_signatures")
+DRIFT_SUBDIR = "drift"
+"""Under the metrics folder: report.md, drift.json, hist_*.png."""
+
+
+def _thresholds() -> QualityThresholds:
+    return QualityThresholds.from_params(params())
+
+
+def missing_table(table: str, path: Path) -> SuiteResult:
+    """A table whose file is absent fails its suite (rather than erroring the check)."""
+    failure = FailedExpectation("file_exists", None, {"path": str(path)}, None, False, [])
+    return SuiteResult(table=table, success=False, n_rows=0, n_expectations=1, failed=[failure])
+
+
+def check_result(results: list[SuiteResult]) -> dg.AssetCheckResult:
+    """One AssetCheckResult for several suites: passed only if every suite passed."""
+    failed = [
+        {
+            "table": r.table,
+            "expectation": f.name,
+            "kwargs": f.kwargs,
+            "unexpected_count": f.unexpected_count,
+            "observed_value": f.observed_value,
+            "examples": f.examples,
+        }
+        for r in results
+        for f in r.failed
+    ]
+    rows = [
+        {
+            "table": r.table,
+            "passed": r.success,
+            "rows": r.n_rows,
+            "expectations": r.n_expectations,
+            "failed": len(r.failed),
+        }
+        for r in results
+    ]
+    passed = all(r.success for r in results)
+    names = [name for r in results for name in r.failed_names]
+    return dg.AssetCheckResult(
+        passed=passed,
+        description="all expectations hold" if passed else "failed: " + "; ".join(names),
+        metadata={
+            "tables": markdown_table(rows),
+            "failed_expectations": dg.MetadataValue.json(failed),
+            "n_failed": dg.MetadataValue.int(len(failed)),
+        },
+    )
+
+
+@dg.asset_check(asset=curated_scans, blocking=True)
+def curated_scans_quality(paths: PipelinePaths) -> dg.AssetCheckResult:
+    """Every cohort's scan index: unique ids, known statuses, accepted CT with plausible spacing
+    and slice counts."""
+    t = _thresholds()
+    results = []
+    for cohort in COHORTS:
+        path = paths.curated(cohort) / "index.parquet"
+        table = f"{cohort}/scan_index"
+        if not path.exists():
+            results.append(missing_table(table, path))
+            continue
+        results.append(validate_scan_index(pd.read_parquet(path), t, table))
+    return check_result(results)
+
+
+def _feature_snapshots(paths: PipelinePaths, cohort: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(snapshots, demographics) of one cohort from the feature store's offline sources."""
+    from feature_repo.store import source_path
+
+    views = {}
+    for view in FEATURE_VIEWS:
+        table = pd.read_parquet(source_path(paths.data, view))
+        views[view] = table[table["cohort"] == cohort]
+    keys = ["patient_id", "event_timestamp"]
+    snapshots = (
+        views["clinical_history"]
+        .drop(columns="cohort")
+        .merge(views["clinical_signatures"].drop(columns="cohort"), on=keys, how="outer")
+    )
+    return snapshots, views["demographics"]
+
+
+def examples_results(paths: PipelinePaths, cohort: str, t: QualityThresholds) -> list[SuiteResult]:
+    """Crops, EHR features as of each scan and (labeled cohorts) labels of one cohort."""
+    path = paths.examples(cohort)
+    if not path.exists():
+        return [missing_table(f"{cohort}/examples", path)]
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    stats = crop_statistics(arrays["crops_hu"], arrays["scan_mask"], arrays["patient_id"])
+    results = [validate_crops(stats, t, f"{cohort}/crops")]
+    nodules = pd.read_parquet(paths.curated(cohort) / "nodules.parquet")
+    scans = scan_entities(nodules).rename(columns={"event_timestamp": "scan_timestamp"})
+    snapshots, demographics = _feature_snapshots(paths, cohort)
+    frame = ehr_scan_frame(scans, snapshots, demographics)
+    names = [str(n) for n in arrays["ehr_feature_names"]]
+    results.append(validate_ehr_features(frame, names, t, f"{cohort}/ehr_features"))
+    if cohort in LABELED_COHORTS:
+        labels = label_frame(arrays["patient_id"], arrays["label"])
+        results.append(validate_labels(labels, t, f"{cohort}/labels"))
+    return results
+
+
+@dg.asset_check(asset=training_examples, blocking=True)
+def training_examples_quality(paths: PipelinePaths) -> dg.AssetCheckResult:
+    """Every cohort's crops (shape, finite, HU range), EHR as of each scan (UTC, not after the
+    scan, plausible values) and labels (binary, prevalence within bounds)."""
+    t = _thresholds()
+    return check_result([r for cohort in COHORTS for r in examples_results(paths, cohort, t)])
+
+
+# --- drift ----------------------------------------------------------------------------------
+
+
+def _batches(examples, batch_size: int):  # ExampleSet -> iterator of input tensor lists
+    from models.data import FIELDS
+
+    tensors = examples.tensors()
+    for start in range(0, len(examples.patient_id), batch_size):
+        yield [tensors[k][start : start + batch_size] for k in FIELDS]
+
+
+def latest_embeddings(encoder_path: Path, examples, batch_size: int = 64) -> pd.DataFrame:
+    """JEPA encoder tokens of each patient's latest time point, mean-pooled over valid tokens."""
+    import torch
+
+    from models.encoders import load_encoder
+
+    encoder = load_encoder(encoder_path).eval()
+    latest = encoder.token_time_index == encoder.config.max_timepoints - 1
+    pooled = []
+    with torch.no_grad():
+        for batch in _batches(examples, batch_size):
+            tokens = encoder(*batch)
+            weight = (encoder.valid_tokens(batch[2], batch[4]) & latest).float()[..., None]
+            pooled.append((tokens * weight).sum(1) / weight.sum(1).clamp(min=1.0))
+    values = torch.cat(pooled).numpy()
+    return pd.DataFrame(values, columns=[f"dim_{i:03d}" for i in range(values.shape[1])])
+
+
+def cross_modal_errors(run_dir: Path, examples, batch_size: int = 64) -> pd.DataFrame | None:
+    """Per patient, the JEPA predictor's error predicting EHR tokens from image tokens and back.
+
+    Uses the pretraining run's final checkpoint (context encoder + predictor, loaded with
+    weights_only) and its EMA target encoder, as pretraining does: smooth-L1 between predicted
+    and layer-normalised target tokens, averaged over the target tokens. None when the run
+    folder has no checkpoint.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from models.encoders import EHR, IMAGE, EncoderConfig, MultimodalEncoder, load_encoder
+    from models.jepa.checkpoint import load_checkpoint
+    from models.jepa.loss import normalise_targets
+    from models.jepa.model import MultimodalJEPA
+    from models.jepa.predictor import JEPAPredictor
+
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    card_path = run_dir / "card.json"
+    if state is None or not card_path.exists():
+        return None
+    card = json.loads(card_path.read_text())
+    p = card["params"]
+    encoder = MultimodalEncoder(EncoderConfig.from_dict(card["encoder_config"]))
+    predictor = JEPAPredictor(p["embed_dim"], p["predictor_dim"], p["predictor_depth"], p["heads"])
+    model = MultimodalJEPA(encoder, predictor)
+    model.load_state_dict(state["model"], strict=True)
+    model.eval()
+    target = load_encoder(run_dir / "encoder.safetensors").eval()
+    image = encoder.token_modality == IMAGE
+    ehr = encoder.token_modality == EHR
+    rows: dict[str, list[np.ndarray]] = {"ehr_from_image": [], "image_from_ehr": []}
+    with torch.no_grad():
+        for batch in _batches(examples, batch_size):
+            valid = encoder.valid_tokens(batch[2], batch[4])
+            targets = normalise_targets(target(*batch))
+            for name, source, goal in (
+                ("ehr_from_image", image, ehr),
+                ("image_from_ehr", ehr, image),
+            ):
+                context, wanted = valid & source, valid & goal
+                predicted = model(*batch, context, wanted)
+                error = F.smooth_l1_loss(predicted, targets, reduction="none").mean(-1)
+                count = wanted.sum(1)
+                per_patient = (error * wanted).sum(1) / count.clamp(min=1)
+                usable = (count > 0) & (context.sum(1) > 0)
+                rows[name].append(torch.where(usable, per_patient, torch.nan).numpy())
+    return pd.DataFrame({name: np.concatenate(parts) for name, parts in rows.items()})
+
+
+def drift_groups(paths: PipelinePaths) -> tuple[dict[str, tuple[pd.DataFrame, pd.DataFrame]], str]:
+    """Reference/candidate frames per feature group, and the encoder version used."""
+    from models.data import load_examples
+
+    encoder_version, encoder_path = latest_encoder(paths)
+    reference = load_examples(paths.examples(REFERENCE))
+    candidate = load_examples(paths.examples(CANDIDATE))
+    names = [str(n) for n in reference.ehr_feature_names]
+    groups = {
+        "ehr": tuple(ehr_latest(s.ehr, s.ehr_mask, names) for s in (reference, candidate)),
+        "image": tuple(image_statistics(s.crops_hu, s.scan_mask) for s in (reference, candidate)),
+        "embedding": tuple(latest_embeddings(encoder_path, s) for s in (reference, candidate)),
+    }
+    cross = [cross_modal_errors(encoder_path.parent, s) for s in (reference, candidate)]
+    if cross[0] is not None and cross[1] is not None:
+        groups["cross_modal"] = (cross[0], cross[1])
+    return groups, encoder_version
+
+
+@dg.asset(
+    group_name="diagnosis",
+    deps=[diagnostic_models],
+    kinds={"python", "markdown"},
+    code_version="1",
+    description="Drift of the external cohort against the training (internal) cohort: KS and PSI "
+    "on EHR features, crop HU statistics, JEPA embeddings and the JEPA predictor's cross-modal "
+    "error; report under metrics/drift/, outcome recorded next to the models' card.",
+)
+def cohort_drift(context: dg.AssetExecutionContext, paths: PipelinePaths) -> dg.MaterializeResult:
+    thresholds = DriftThresholds.from_params(params())
+    groups, encoder_version = drift_groups(paths)
+    result = compare_cohorts(groups, thresholds)
+    extra: dict[str, Any] = {"encoder_version": encoder_version}
+    if "cross_modal" in groups:
+        for name in groups["cross_modal"][0].columns:
+            ref, cand = (float(np.nanmean(frame[name])) for frame in groups["cross_modal"])
+            extra[f"{name}_error_ratio"] = cand / ref if ref > 0 else float("nan")
+    else:
+        extra["cross_modal"] = "no pretraining checkpoint with predictor weights found"
+    out_dir = paths.metrics / DRIFT_SUBDIR
+    report = write_drift_report(result, groups, out_dir, (REFERENCE, CANDIDATE), extra)
+    version, folder = latest_models(paths)
+    record = {
+        "reference": REFERENCE,
+        "candidate": CANDIDATE,
+        "severity": result.severity,
+        "errors": [f"{f.group}/{f.feature}" for f in result.with_severity(ERROR)],
+        "counts": result.counts(),
+        "report": str(report),
+        **extra,
+    }
+    atomic_write_json(folder / "drift.json", json_safe(record))
+    context.log.info(f"cohort drift {CANDIDATE} vs {REFERENCE}: {result.severity}")
+    return dg.MaterializeResult(
+        metadata={
+            "severity": dg.MetadataValue.text(result.severity),
+            "models_version": dg.MetadataValue.text(version),
+            "report": dg.MetadataValue.path(str(report)),
+            "report_md": dg.MetadataValue.md(report.read_text()),
+            **flat_numbers(result.counts(), prefix="counts/"),
+            **flat_numbers({k: v for k, v in extra.items() if isinstance(v, float)}),
+        }
+    )
+
+
+@dg.asset_check(asset=cohort_drift)
+def cohort_drift_severity(paths: PipelinePaths) -> dg.AssetCheckResult:
+    """Warns when the external cohort drifts at ERROR level from the training cohort."""
+    record = json.loads((paths.metrics / DRIFT_SUBDIR / "drift.json").read_text())
+    errors = [f"{f['group']}/{f['feature']}" for f in record["features"] if f["severity"] == ERROR]
+    return dg.AssetCheckResult(
+        passed=record["severity"] != ERROR,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "severity": dg.MetadataValue.text(record["severity"]),
+            "errors": dg.MetadataValue.json(errors),
+        },
+    )
+
+
+QUALITY_CHECKS = [curated_scans_quality, training_examples_quality, cohort_drift_severity]

@@ -1,0 +1,157 @@
+"""Smoke tests of the benchmarks: each runs at toy size and yields a well-formed record.
+
+No timing assertions (shared machines): the checks are structure, positive finite figures,
+ratios consistent with their measurements, and the markdown the run writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+# benchmarks/ is run from the repo root and not installed; `pytest` alone does not put the
+# root on sys.path (`python -m pytest` does), so make both work.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import curation, feast_online, inference, jepa, pipeline, synthetic  # noqa: E402
+from benchmarks.common import TOY, BenchResult, interleaved, summarise  # noqa: E402
+from benchmarks.report import render, render_section  # noqa: E402
+from benchmarks.run import BENCHMARKS, main, run_all  # noqa: E402
+
+
+def _check(result: BenchResult, name: str) -> dict:
+    record = result.to_dict()
+    assert record["name"] == name
+    assert record["command"].startswith("python -m benchmarks.run --only ")
+    assert record["command"].split()[-1] in BENCHMARKS
+    for m in record["measurements"]:
+        assert m["n"] == len(m["samples"]) >= 1
+        assert m["min"] <= m["median"] <= m["max"]
+        assert all(math.isfinite(v) and v >= 0 for v in m["samples"]), m
+    for r in record["ratios"]:
+        assert math.isfinite(r["value"]) and r["value"] > 0, r
+    section = render_section(record)
+    assert f"`{record['command']}`" in section
+    for m in record["measurements"]:
+        assert m["label"] in section
+    json.dumps(record)  # JSON-able as written to metrics/bench.json
+    return record
+
+
+def _by_label(record: dict) -> dict[str, dict]:
+    return {m["label"]: m for m in record["measurements"]}
+
+
+def test_summarise_and_interleaving_order() -> None:
+    calls: list[str] = []
+    timed = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 2, 1)
+    assert calls == ["a", "b"] * 3  # warm-up round, then rounds alternate case by case
+    assert [len(v) for v in timed.values()] == [2, 2]
+    stats = summarise([3.0, 1.0, 2.0])
+    assert (stats["median"], stats["min"], stats["max"], stats["n"]) == (2.0, 1.0, 3.0, 3)
+    with pytest.raises(ValueError):
+        summarise([])
+
+
+def test_curation_benchmark(tmp_path: Path) -> None:
+    record = _check(curation.run(TOY, tmp_path), "curation")
+    rows = _by_label(record)
+    for workers in (1, 2):
+        assert rows[f"curate_cohort, {workers} worker(s)"]["unit"] == "slices/s"
+        assert rows[f"pydicom floor, {workers} worker(s)"]["slices"] > 0
+    assert {r["label"] for r in record["ratios"]} >= {"peak RSS x2 / x1", "peak RSS x4 / x1"}
+    peaks = [m for label, m in rows.items() if label.startswith("peak RSS, archive x")]
+    assert len(peaks) == 3 and all(m["median"] > 10 for m in peaks)  # MiB: real processes
+
+
+def test_synthetic_benchmark(tmp_path: Path) -> None:
+    record = _check(synthetic.run(TOY, tmp_path), "synthetic")
+    assert [m["scans"] > 0 for m in record["measurements"]] == [True, True]
+    assert record["ratios"][0]["label"] == "2 workers / 1 worker"
+
+
+def test_jepa_cpu_benchmark_counts_flops(tmp_path: Path) -> None:
+    record = _check(jepa.run_cpu(TOY, tmp_path), "jepa_cpu")
+    rows = _by_label(record)
+    assert record["config"]["gflop_per_step"] > 0
+    expected = rows["achieved model rate"]["median"] / rows["limit: float32 matmul"]["median"]
+    assert record["ratios"][0]["value"] == pytest.approx(expected)
+
+
+def test_jepa_gpu_section_says_when_not_measured(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: this checks the CPU-only report")
+    record = _check(jepa.run_gpu(TOY, tmp_path), "jepa_gpu")
+    assert record["status"] == "not measured"
+    assert "not measured (no GPU in this run)" in record["notes"][0]
+    assert "**not measured**" in render_section(record)
+
+
+def test_inference_benchmark(tmp_path: Path) -> None:
+    record = _check(inference.run(TOY, tmp_path), "inference")
+    rows = _by_label(record)
+    assert (
+        rows["onnxruntime, batch 1 latency"]["p99_ms"]
+        >= rows["onnxruntime, batch 1 latency"]["p50_ms"]
+    )
+    assert record["config"]["max_abs_diff_onnx_vs_torch"] < 1e-4  # same model in both engines
+
+
+def test_feast_online_benchmark_reads_the_same_row(tmp_path: Path) -> None:
+    record = _check(feast_online.run(TOY, tmp_path), "feast_online")
+    assert record["config"]["features_read_directly"] > 0
+    assert record["config"]["features_in_both"] == record["config"]["features_read_directly"]
+
+
+def test_run_all_merges_and_renders(tmp_path: Path) -> None:
+    json_path, md_path = tmp_path / "bench.json", tmp_path / "BENCHMARKS.md"
+    earlier = BenchResult("curation", "Curation (an earlier run)", "python -m benchmarks.run")
+    earlier.add("curate_cohort, 1 worker(s)", "slices/s", [2.0, 4.0, 3.0])
+    earlier.ratio("curation / floor, 1 worker(s)", 0.5, "kept from the earlier run")
+    stale_gpu = {"name": "jepa_gpu", "status": "stale"}
+    json_path.write_text(
+        json.dumps({"benchmarks": {"curation": earlier.to_dict(), "jepa_gpu": stale_gpu}})
+    )
+    report = run_all(["jepa_gpu"], TOY, json_path, md_path)
+    written = json.loads(json_path.read_text())
+    assert set(written["benchmarks"]) == {"curation", "jepa_gpu"}  # other results kept
+    assert written["benchmarks"]["jepa_gpu"]["status"] != "stale"  # this one replaced
+    assert (
+        written["benchmarks"]["jepa_gpu"]["command"] == report["benchmarks"]["jepa_gpu"]["command"]
+    )
+    assert written["errors"] == {}
+    text = md_path.read_text()
+    assert text == render(written)
+    assert "| curate_cohort, 1 worker(s) | 3.00 slices/s | 2.00 - 4.00 | 3 |" in text
+    assert "curation / floor, 1 worker(s): **0.5**" in text
+    assert "python -m benchmarks.run --only jepa_gpu" in text
+
+
+def test_a_failing_benchmark_is_reported_and_the_others_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(size: object, work_dir: Path) -> BenchResult:
+        raise RuntimeError("benchmark exploded")
+
+    monkeypatch.setitem(BENCHMARKS, "synthetic", broken)
+    json_path, md_path = tmp_path / "bench.json", tmp_path / "BENCHMARKS.md"
+    argv = ["--quick", "--only", "synthetic", "jepa_gpu", "--json", str(json_path)]
+    assert main([*argv, "--markdown", str(md_path)]) == 1
+    written = json.loads(json_path.read_text())
+    assert "benchmark exploded" in written["errors"]["synthetic"]
+    assert set(written["benchmarks"]) == {"jepa_gpu"}
+    assert "## synthetic: failed" in md_path.read_text()
+
+
+@pytest.mark.slow
+def test_scaling_and_dagster_pipeline(tmp_path: Path) -> None:
+    scaling = _check(pipeline.run_scaling(TOY, tmp_path, factors=(1, 2)), "scaling")
+    assert scaling["ratios"][0]["label"] == "time x2 / x1"
+    run = _check(pipeline.run_pipeline(TOY, tmp_path, ["raw_archive", "curated_scans"]), "pipeline")
+    assert run["config"]["success"] is True
+    assert {"step raw_archive", "step curated_scans"} <= set(_by_label(run))

@@ -11,6 +11,8 @@ import dagster as dg
 import numpy as np
 import pytest
 
+from orchestration.dvc_versions import dvc_md5
+
 CHAIN = [
     "raw_archive",
     "curated_scans",
@@ -35,6 +37,19 @@ def test_every_asset_materialises(pipeline) -> None:
     for name in CHAIN:
         event = instance.get_latest_materialization_event(dg.AssetKey(name))
         assert event is not None, f"{name} was not materialised"
+
+
+def test_dvc_tracked_outputs_carry_their_md5(pipeline) -> None:
+    """The UI links each DVC-tracked output to its exact data version (DVC's own md5)."""
+    root, instance, _ = pipeline
+    for name, path in (
+        ("raw_archive", root / "data" / "raw"),
+        ("curated_scans", root / "data" / "curated"),
+        ("training_examples", root / "data" / "examples"),
+    ):
+        event = instance.get_latest_materialization_event(dg.AssetKey(name))
+        metadata = event.asset_materialization.metadata
+        assert metadata["dvc_md5"].value == dvc_md5(path), name
 
 
 def test_parity_check_passes_and_is_blocking(pipeline) -> None:

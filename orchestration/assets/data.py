@@ -4,6 +4,7 @@ import dagster as dg
 
 from cohorts.dicom import CurationConfig, curate_cohort
 from cohorts.synthetic import SynthConfig, generate_archive, preset_config
+from orchestration.dvc_versions import dvc_metadata
 from orchestration.metadata import flat_numbers, markdown_table
 from orchestration.params import section
 from orchestration.resources import COHORTS, PipelinePaths
@@ -48,7 +49,7 @@ def raw_archive(
     summary = generate_archive(paths.data / "raw", config.domain(), progress=True)
     context.log.info(f"raw archive written to {paths.data / 'raw'}: {summary}")
     return dg.MaterializeResult(
-        metadata={"path": dg.MetadataValue.path(str(paths.data / "raw")), **flat_numbers(summary)},
+        metadata={**dvc_metadata(paths.data / "raw"), **flat_numbers(summary)},
         data_version=dg.DataVersion(
             "-".join(str(v) for v in config.model_dump(exclude={"workers"}).values())
         ),
@@ -97,5 +98,9 @@ def curated_scans(
         )
         context.log.info(f"curated {cohort}: {stats}")
     return dg.MaterializeResult(
-        metadata={"cohorts": markdown_table(rows), **flat_numbers(numbers)},
+        metadata={
+            "cohorts": markdown_table(rows),
+            **dvc_metadata(paths.data / "curated"),
+            **flat_numbers(numbers),
+        },
     )

@@ -23,6 +23,7 @@ from models.protocol import (
 )
 from models.reporting import PAPER_AUC, plot_roc, results_markdown
 from orchestration.assets.training import jepa_encoder
+from orchestration.dvc_versions import dvc_metadata
 from orchestration.metadata import flat_numbers, image_markdown, markdown_table
 from orchestration.params import REPO_ROOT, section
 from orchestration.resources import PipelinePaths
@@ -133,6 +134,7 @@ def diagnostic_models(
             "version": dg.MetadataValue.text(version),
             "encoder_version": dg.MetadataValue.text(encoder_version),
             "per_seed_auc": markdown_table(rows),
+            **dvc_metadata(out),
         },
         data_version=dg.DataVersion(version),
     )

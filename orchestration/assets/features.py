@@ -17,6 +17,7 @@ from cohorts.examples import assemble_examples, save_examples, scan_entities
 from cohorts.privacy import pseudonym_key
 from feature_repo import store as feast_store
 from orchestration.assets.data import curated_scans, raw_archive
+from orchestration.dvc_versions import dvc_metadata
 from orchestration.metadata import flat_numbers, markdown_table
 from orchestration.params import section
 from orchestration.resources import COHORTS, FeatureStoreResource, PipelinePaths
@@ -132,6 +133,7 @@ def training_examples(
         metadata={
             "cohorts": markdown_table(rows),
             "ehr_features": dg.MetadataValue.json(names),
+            **dvc_metadata(paths.data / "examples"),
             **flat_numbers({r["cohort"]: r for r in rows}),
         }
     )

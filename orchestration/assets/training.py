@@ -13,6 +13,7 @@ from models.data import load_examples
 from models.finetune import stratified_patient_split
 from models.jepa.pretrain import PretrainConfig, artifact_version, pretrain
 from orchestration.assets.features import training_examples
+from orchestration.dvc_versions import dvc_metadata
 from orchestration.metadata import flat_numbers, image_markdown
 from orchestration.params import REPO_ROOT, section
 from orchestration.resources import PipelinePaths, TorchDevice
@@ -92,6 +93,7 @@ def jepa_encoder(
         "loss_first": dg.MetadataValue.float(float(card["loss"]["first"])),
         "loss_last": dg.MetadataValue.float(float(result.final_loss)),
         "samples_per_s": dg.MetadataValue.float(float(result.samples_per_s)),
+        **dvc_metadata(run_dir / "encoder.safetensors"),
         **flat_numbers(result.monitor, prefix="monitor/"),
         **flat_numbers(result.probe or {}, prefix="probe/"),
     }

@@ -38,17 +38,18 @@ class FinetuneConfig:
     random along z, y and x (nodule malignancy has no preferred orientation).
     """
 
-    epochs: int = 40
-    batch_size: int = 32
-    lr: float = 3e-4
+    epochs: int = 80
+    batch_size: int = 16
+    lr: float = 5e-4
     weight_decay: float = 0.05
-    patience: int = 8
+    patience: int = 25
     seed: int = 0
     warmup_epochs: int = 3
     encoder_lr_scale: float = 1.0
     freeze_encoder: bool = False
     augment: bool = True
     fit_ehr_normalisation: bool = True
+    select_on: str = "val_loss"
 
 
 @dataclass
@@ -120,11 +121,23 @@ def predict_proba(model: DiagnosticModel, examples: ExampleSet, batch_size: int 
     return 1.0 / (1.0 + np.exp(-logits))
 
 
-def _better(auc: float, loss: float, best_auc: float, best_loss: float) -> bool:
-    """Higher AUC wins (NaN counts as lowest); equal AUCs go to the lower loss."""
+def _better(
+    auc: float, loss: float, best_auc: float, best_loss: float, select_on: str = "val_loss"
+) -> bool:
+    """Is this epoch better than the best so far?
+
+    "val_loss": lower validation BCE wins (ties go to the higher AUC). The default, because
+    on a validation split of a few dozen patients the AUC of an untrained model is often
+    high by chance, and early stopping on it then keeps an epoch-0 model.
+    "val_auc": higher AUC wins (NaN counts as lowest); equal AUCs go to the lower loss.
+    """
     a = -math.inf if math.isnan(auc) else auc
     b = -math.inf if math.isnan(best_auc) else best_auc
-    return a > b or (a == b and loss < best_loss)
+    if select_on == "val_loss":
+        return loss < best_loss or (loss == best_loss and a > b)
+    if select_on == "val_auc":
+        return a > b or (a == b and loss < best_loss)
+    raise ValueError(f"select_on must be 'val_loss' or 'val_auc', got {select_on!r}")
 
 
 def finetune(
@@ -206,7 +219,7 @@ def finetune(
                 }
             )
             epochs.set_postfix(val_auc=f"{val_auc:.3f}", val_loss=f"{val_loss:.3f}")
-            if _better(val_auc, val_loss, best_auc, best_loss):
+            if _better(val_auc, val_loss, best_auc, best_loss, config.select_on):
                 best_auc, best_loss, best_epoch, stale = val_auc, val_loss, epoch, 0
                 best_state = copy.deepcopy(model.state_dict())
             else:

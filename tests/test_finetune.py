@@ -64,12 +64,18 @@ def test_finetune_learns_planted_signal(cohort) -> None:
     torch.testing.assert_close(result.model.encoder.ehr_std, std)
 
 
-def test_early_stopping_restores_best_weights(cohort) -> None:
-    config = FinetuneConfig(epochs=6, batch_size=32, lr=3e-3, patience=2, warmup_epochs=0)
+@pytest.mark.parametrize("select_on", ["val_loss", "val_auc"])
+def test_early_stopping_restores_best_weights(cohort, select_on: str) -> None:
+    config = FinetuneConfig(
+        epochs=6, batch_size=32, lr=3e-3, patience=2, warmup_epochs=0, select_on=select_on
+    )
     result = finetune(_model(), cohort["train"], cohort["val"], config, progress=False)
     history = result.history
     assert [h["epoch"] for h in history] == list(range(len(history)))
-    best = max(history, key=lambda h: (h["val_auc"], -h["val_loss"]))
+    if select_on == "val_loss":
+        best = min(history, key=lambda h: (h["val_loss"], -h["val_auc"]))
+    else:
+        best = max(history, key=lambda h: (h["val_auc"], -h["val_loss"]))
     assert result.best_epoch == best["epoch"]
     assert len(history) == config.epochs or len(history) - 1 - result.best_epoch == config.patience
     # The returned weights reproduce the best epoch's validation AUC, not the last epoch's.

@@ -108,7 +108,7 @@ class PretrainConfig:
     (start, end) of their schedules. device: "auto" (CUDA if available), "cuda" or "cpu".
     """
 
-    epochs: int = 20
+    epochs: int = 60
     batch_size: int = 32
     lr: float = 0.0005
     warmup_epochs: int = 3

@@ -61,6 +61,7 @@ class DiagnosticConfig(dg.Config):
     lr: float = _FINETUNE["lr"]
     weight_decay: float = _FINETUNE["weight_decay"]
     patience: int = _FINETUNE["patience"]
+    select_on: str = _FINETUNE["select_on"]
     seeds: list[int] = _FINETUNE["seeds"]
     split: dict[str, float] = _FINETUNE["split"]
     jepa_encoder_lr_scale: float = _FINETUNE["jepa_encoder_lr_scale"]
@@ -75,6 +76,7 @@ class DiagnosticConfig(dg.Config):
                 lr=self.lr,
                 weight_decay=self.weight_decay,
                 patience=self.patience,
+                select_on=self.select_on,
             ),
             seeds=tuple(self.seeds),
             split=dict(self.split),

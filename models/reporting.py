@@ -99,8 +99,12 @@ def results_markdown(
     paper_table: Mapping[str, Mapping[str, float]],
     study: Mapping[str, Any] | None,
     provenance: Mapping[str, Any],
+    drift: Mapping[str, Any] | None = None,
 ) -> str:
     """Render docs/RESULTS.md from metrics/evaluation.json (combine_cohort_results shape).
+
+    drift: the cohort_drift summary (drift.json next to the model card); when given, a
+    section sets its signals beside each model's measured internal -> external AUC change.
 
     provenance must give command (that regenerates the file), data_version,
     encoder_version and date; further keys are listed as they are. The paper's numbers
@@ -147,9 +151,53 @@ def results_markdown(
         ]
         if delong.get(cohort):
             out += ["", f"DeLong tests, {cohort}:", "", _delong_table(delong[cohort])]
+    if drift is not None and {"internal", "external"} <= set(cohorts):
+        out += ["", _drift_section(drift, evaluation)]
     if study is not None:
         out += ["", _study_section(study)]
     return "\n".join(out) + "\n"
+
+
+def _drift_section(drift: Mapping[str, Any], evaluation: Mapping[str, Any]) -> str:
+    """Does the drift check see the external drop coming? Signals beside the measured change."""
+    counts = drift.get("counts", {})
+    lines = [
+        "## Drift signals and the external AUC change",
+        "",
+        f"Reference `{drift.get('reference')}`, candidate `{drift.get('candidate')}`: overall "
+        f"severity **{drift.get('severity')}**. Per-feature KS (Bonferroni within a group) and "
+        "PSI; the cross-modal signal is the JEPA predictor's error on the candidate divided by "
+        "its error on the reference (1.0 = no change).",
+        "",
+        "| signal group | ERROR | WARN | OK |",
+        "|---|---|---|---|",
+    ]
+    for group, by_level in counts.items():
+        lines.append(
+            f"| {group} | {by_level.get('ERROR', 0)} | {by_level.get('WARN', 0)} "
+            f"| {by_level.get('OK', 0)} |"
+        )
+    lines += [
+        "",
+        f"- ERROR features: {', '.join(f'`{e}`' for e in drift.get('errors', [])) or 'none'}",
+        f"- cross-modal error ratio, EHR predicted from imaging: "
+        f"{_fmt(drift.get('ehr_from_image_error_ratio'))}",
+        f"- cross-modal error ratio, imaging predicted from EHR: "
+        f"{_fmt(drift.get('image_from_ehr_error_ratio'))}",
+        "",
+        "| model | internal AUC | external AUC | change |",
+        "|---|---|---|---|",
+    ]
+    for model in _ordered_models(evaluation["internal"]):
+        if model not in evaluation["external"]:
+            continue
+        inside = evaluation["internal"][model]["auc"]
+        outside = evaluation["external"][model]["auc"]
+        lines.append(
+            f"| {MODEL_LABELS.get(model, model)} | {_fmt(inside)} | {_fmt(outside)} "
+            f"| {outside - inside:+.3f} |"
+        )
+    return "\n".join(lines)
 
 
 def _save_figure(fig: Figure, path: Path) -> None:

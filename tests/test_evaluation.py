@@ -183,6 +183,21 @@ def test_results_markdown_and_plots(tmp_path: Path) -> None:
     assert "`jepa_vs_imaging_only`" in text and "0.812" in text
     with pytest.raises(KeyError, match="provenance"):
         results_markdown(evaluation, PAPER_AUC, None, {"command": "x"})
+    assert "Drift signals" not in text
+    drift = {
+        "reference": "internal",
+        "candidate": "external",
+        "severity": "ERROR",
+        "counts": {"ehr": {"ERROR": 1, "WARN": 2, "OK": 5}},
+        "errors": ["ehr/emphysema"],
+        "ehr_from_image_error_ratio": 1.25,
+        "image_from_ehr_error_ratio": 0.9,
+    }
+    with_drift = results_markdown(evaluation, PAPER_AUC, None, provenance, drift)
+    change = evaluation["external"]["jepa"]["auc"] - ours["auc"]
+    assert "severity **ERROR**" in with_drift and "`ehr/emphysema`" in with_drift
+    assert "| ehr | 1 | 2 | 5 |" in with_drift and "1.250" in with_drift
+    assert f"| {change:+.3f} |" in with_drift
 
     roc_png, rel_png = tmp_path / "roc.png", tmp_path / "rel.png"
     plot_roc(curves["internal"], roc_png, aucs={"jepa": ours["auc"]})

@@ -150,7 +150,9 @@ class EvaluationConfig(dg.Config):
 
 @dg.asset(
     group_name="diagnosis",
-    deps=[diagnostic_models],
+    # cohort_drift (orchestration/quality.py) is upstream so RESULTS.md can set its signals
+    # beside the measured external AUC change; named by key to keep the import one-way.
+    deps=[diagnostic_models, dg.AssetKey("cohort_drift")],
     kinds={"python"},
     code_version="1",
     description="AUC with percentile-bootstrap 95% CIs, Brier, DeLong tests (ours vs each model) "
@@ -188,7 +190,9 @@ def evaluation(
     }
     study_path = metrics / "study.json"
     study = json.loads(study_path.read_text()) if study_path.exists() else None
-    markdown = results_markdown(evaluation_json, PAPER_AUC, study, provenance)
+    drift_path = folder / "drift.json"
+    drift = json.loads(drift_path.read_text()) if drift_path.exists() else None
+    markdown = results_markdown(evaluation_json, PAPER_AUC, study, provenance, drift)
     atomic_write_text(Path(config.results_markdown), markdown)
     rows = [
         {

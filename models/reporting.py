@@ -76,6 +76,18 @@ def _delong_table(comparisons: Mapping[str, float]) -> str:
     return "\n".join(lines)
 
 
+# JSON files keep keys sorted; the table reads better in this order.
+STUDY_COLUMN_ORDER: tuple[str, ...] = (
+    "cohort",
+    "regime",
+    "comparison",
+    "mean_auc_difference",
+    "ci_low",
+    "ci_high",
+    "n_seeds",
+)
+
+
 def _study_section(study: Mapping[str, Any]) -> str:
     """Synthetic study: `{"title"?, "note"?, "rows": [dict, ...]}` rendered as one table."""
     rows = list(study.get("rows", []))
@@ -85,6 +97,8 @@ def _study_section(study: Mapping[str, Any]) -> str:
     if not rows:
         return "\n".join([*parts, "No study rows were produced."])
     frame = pd.DataFrame(rows)
+    leading = [c for c in STUDY_COLUMN_ORDER if c in frame.columns]
+    frame = frame[leading + [c for c in frame.columns if c not in leading]]
     header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
     rule = "|" + "---|" * len(frame.columns)
     body = [

@@ -25,6 +25,7 @@ ORDER: tuple[str, ...] = (
     "jepa_cpu",
     "jepa_gpu",
     "inference",
+    "predict",
     "feast_online",
     "pipeline",
     "scaling",

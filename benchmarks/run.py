@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from benchmarks import curation, feast_online, inference, jepa, pipeline, synthetic
+from benchmarks import curation, feast_online, inference, jepa, pipeline, predict, synthetic
 from benchmarks.common import FULL, ORDER, QUICK, BenchResult, BenchSize, environment
 from benchmarks.report import render
 from cohorts.files import atomic_write_json, atomic_write_text
@@ -36,7 +36,13 @@ BENCHMARKS: dict[str, Callable[[BenchSize, Path], BenchResult]] = {
     "feast_online": feast_online.run,
     "pipeline": pipeline.run_pipeline,
     "scaling": pipeline.run_scaling,
+    "predict": predict.run,
 }
+# A benchmark missing from ORDER would be measured and then silently left out of the report.
+if set(BENCHMARKS) != set(ORDER):
+    raise RuntimeError(
+        f"benchmarks.common.ORDER and BENCHMARKS differ: {set(BENCHMARKS) ^ set(ORDER)}"
+    )
 
 
 def run_all(names: Sequence[str], size: BenchSize, json_path: Path, markdown_path: Path) -> dict:

@@ -18,7 +18,15 @@ import torch
 # root on sys.path (`python -m pytest` does), so make both work.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import curation, feast_online, inference, jepa, pipeline, synthetic  # noqa: E402
+from benchmarks import (  # noqa: E402
+    curation,
+    feast_online,
+    inference,
+    jepa,
+    pipeline,
+    predict,
+    synthetic,
+)
 from benchmarks.common import TOY, BenchResult, interleaved, summarise  # noqa: E402
 from benchmarks.report import render, render_section  # noqa: E402
 from benchmarks.run import BENCHMARKS, main, run_all  # noqa: E402
@@ -108,6 +116,28 @@ def test_feast_online_benchmark_reads_the_same_row(tmp_path: Path) -> None:
     record = _check(feast_online.run(TOY, tmp_path), "feast_online")
     assert record["config"]["features_read_directly"] > 0
     assert record["config"]["features_in_both"] == record["config"]["features_read_directly"]
+
+
+def test_predict_benchmark_on_the_shared_tiny_pipeline(
+    tiny_pipeline: tuple, tmp_path: Path
+) -> None:
+    """Reuses the session's tiny pipeline output: one patient's folder, in-process and CLI."""
+    root, _, run_result = tiny_pipeline
+    assert run_result.success, "the tiny pipeline failed; the predict benchmark needs its model"
+    record = _check(predict.run(TOY, tmp_path, pipeline_root=root), "predict")
+    rows = _by_label(record)
+    assert rows["predict() in-process, end to end"]["n"] == record["config"]["in_process_reps"]
+    assert rows["predict_onnx() alone, same inputs"]["unit"] == "ms"
+    assert rows["CLI subprocess (python -m orchestration.cli predict)"]["n"] >= 1
+    assert rows["predict-path imports only (fresh process)"]["n"] >= 1
+    assert record["config"]["ehr_source"] == "feast_online" and record["config"]["dicom_files"] > 0
+    assert record["config"]["probability_spread_all_calls"] < 1e-5  # every call, same answer
+    e2e, model = (
+        rows[k]["median"]
+        for k in ("predict() in-process, end to end", "predict_onnx() alone, same inputs")
+    )
+    assert record["ratios"][0]["value"] == pytest.approx(e2e / model)
+    assert not (tmp_path / "predict" / "pipeline").exists()  # reused, not rebuilt
 
 
 def test_run_all_merges_and_renders(tmp_path: Path) -> None:

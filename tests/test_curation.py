@@ -367,6 +367,38 @@ def test_idempotent_rerun_and_incremental_add(tmp_path: Path) -> None:
     assert index_by_series(out).loc[sid(added.series_uid), "status"] == "ok"
 
 
+def test_orientation_and_lung_columns(tmp_path: Path) -> None:
+    """Factory series are axial phantoms, not chests: check orientation exactly and the lung
+    statistics only for being present and in range (their plausibility is the suite's)."""
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    _write_longitudinal(raw)
+    curate_cohort(raw, out, config(), progress=False)
+    index = pd.read_parquet(out / "index.parquet")
+    ok = index[index["status"] == "ok"]
+    assert len(ok) == 3
+    assert np.allclose(ok["orientation_max_offdiag"].to_numpy(dtype=float), 0.0, atol=1e-6)
+    fraction = ok["lung_fraction"].to_numpy(dtype=float)
+    assert np.isfinite(fraction).all() and ((fraction >= 0) & (fraction <= 1)).all()
+    median = ok["lung_hu_median"].dropna().to_numpy(dtype=float)
+    assert ((median >= -1000) & (median <= -400)).all()
+    assert index.loc[index["status"] != "ok", "lung_fraction"].isna().all()
+
+
+def test_lung_statistics_of_a_chest_like_volume() -> None:
+    from cohorts.dicom.curate import lung_statistics, orientation_max_offdiag
+
+    hu = np.full((2, 20, 20), -1000, dtype=np.int16)  # air around the patient
+    hu[:, 4:16, 2:18] = 40  # body 12 x 16
+    hu[:, 6:14, 4:9] = -850  # two lungs of 8 x 5 voxels
+    hu[:, 6:14, 11:16] = -850
+    stats = lung_statistics(hu)
+    assert stats["lung_hu_median"] == -850.0
+    assert stats["lung_fraction"] == pytest.approx(80 / 192)  # outside air is not body
+    assert lung_statistics(np.full((2, 4, 4), 40, dtype=np.int16))["lung_hu_median"] is None
+    tilted = np.array([[1, 0, 0], [0, np.cos(0.3), np.sin(0.3)], [0, -np.sin(0.3), np.cos(0.3)]])
+    assert orientation_max_offdiag(tilted) == pytest.approx(np.sin(0.3))
+
+
 def test_config_from_params_file() -> None:
     import yaml
 

@@ -55,11 +55,15 @@ def scan_index(n: int = 6) -> pd.DataFrame:
             "status": "ok",
             "reason": "",
             "volume_path": [f"volumes/s{i}.npy" for i in range(n)],
+            "orientation_max_offdiag": 0.0,
+            "lung_hu_median": -850.0,
+            "lung_fraction": 0.3,
         }
     )
     quarantined = ok.iloc[:1].assign(
-        series_id="loc", status="quarantined", reason="localizer", n_slices=2, volume_path=None
-    )
+        series_id="loc", status="quarantined", reason="localizer", n_slices=2, volume_path=None,
+        orientation_max_offdiag=np.nan, lung_hu_median=np.nan, lung_fraction=np.nan,
+    )  # fmt: skip
     return pd.concat([ok, quarantined], ignore_index=True)
 
 
@@ -88,6 +92,36 @@ def test_negative_spacing_and_bad_status_fail_with_examples() -> None:
     spacing = next(f for f in result.failed if f.column == "spacing_mm_z")
     assert spacing.unexpected_count == 1
     assert spacing.examples[0]["series_id"] == "s2"
+
+
+def test_implausible_lung_hu_and_oblique_orientation_fail() -> None:
+    index = scan_index()
+    index.loc[1, "lung_hu_median"] = 0.0  # a soft-tissue "lung": wrong rescale or no chest
+    index.loc[2, "orientation_max_offdiag"] = 0.9
+    index.loc[3, "lung_fraction"] = 0.0
+    result = validate_scan_index(index, T, "internal/scan_index")
+    assert not result.success
+    failed = {f.column: f for f in result.failed}
+    assert set(failed) == {"lung_hu_median", "orientation_max_offdiag", "lung_fraction"}
+    assert failed["lung_hu_median"].examples[0]["series_id"] == "s1"
+    assert failed["orientation_max_offdiag"].examples[0]["series_id"] == "s2"
+    missing = validate_scan_index(scan_index().drop(columns="lung_hu_median"), T, "t")
+    assert not missing.success  # an index curated before the column existed fails too
+
+
+def test_real_curated_synthetic_archive_passes_lung_and_orientation(tmp_path: Path) -> None:
+    from cohorts.dicom.curate import CurationConfig, curate_cohort
+    from cohorts.synthetic import generate_archive, preset_config
+
+    small = dict(n_archive=2, n_internal=3, n_external=2, workers=1)
+    generate_archive(tmp_path / "raw", preset_config("tiny", seed=3, **small), progress=False)
+    out = tmp_path / "curated"
+    cfg = CurationConfig(min_slices=T.min_slices, workers=1, crop_size_vox=T.crop_size_vox)
+    curate_cohort(tmp_path / "raw" / "internal", out, cfg, progress=False)
+    index = pd.read_parquet(out / "index.parquet")
+    assert (index["status"] == "ok").any()
+    result = validate_scan_index(index, T, "internal/scan_index")
+    assert result.success, result.failed_names
 
 
 def test_duplicate_series_ids_fail() -> None:
@@ -386,6 +420,8 @@ def test_thresholds_come_from_params_yaml() -> None:
     values = params("tiny")
     quality = QualityThresholds.from_params(values)
     assert quality.crop_size_vox == values["curate"]["crop_size_vox"]
+    assert quality.lung_hu_median == tuple(float(v) for v in values["quality"]["lung_hu_median"])
+    assert quality.orientation_max_offdiag == values["quality"]["orientation_max_offdiag"]
     assert quality.prevalence[0] < quality.prevalence[1]
     drift = DriftThresholds.from_params(values)
     assert drift.ks_p_error < drift.ks_p_warn and drift.psi_warn < drift.psi_error

@@ -15,8 +15,11 @@ Steps, each visible in ``curate_cohort``:
 Ids are pseudonymised with ``cohorts.privacy``; no header text other than the ids' keyed
 hashes, modality and (shifted) dates reaches the outputs. The only raw strings written are
 file paths relative to the raw cohort directory, in ``quarantine.parquet``, so an operator
-can find a bad file; components naming a patient or a UID are redacted (``redact_path``). A per-series fingerprint (file paths, sizes, mtimes, its annotation
-rows, crop parameters) makes reruns idempotent: an unchanged series is never decoded again.
+can find a bad file; components naming a patient or a UID are redacted (``redact_path``).
+Accepted series also get cheap sanity statistics for the quality suite: the largest
+off-diagonal direction cosine and lung-region HU statistics (``lung_statistics``).
+A per-series fingerprint (file paths, sizes, mtimes, its annotation
+rows, crop parameters, ``CURATION_VERSION``) makes reruns idempotent: an unchanged series is never decoded again.
 A run holds an exclusive lock on ``<out>/.lock`` (a concurrent run waits, then reuses the
 work) and first removes temporary files a killed run left behind.
 """
@@ -61,7 +64,7 @@ from cohorts.dicom.series import (
 from cohorts.files import atomic_output
 from cohorts.privacy import date_shift_days, pseudonym_key, pseudonymise, shift_date
 
-CURATION_VERSION = "1"
+CURATION_VERSION = "2"  # 2: lung_hu_median, lung_fraction, orientation_max_offdiag
 _STR, _F64, _I64 = pa.string(), pa.float64(), pa.int64()
 INDEX_SCHEMA = pa.schema(
     [
@@ -74,8 +77,12 @@ INDEX_SCHEMA = pa.schema(
         ("origin_mm_x", _F64), ("origin_mm_y", _F64), ("origin_mm_z", _F64),
         ("direction", pa.list_(_F64)),  # 3x3 row-major, columns = voxel x, y, z axes (LPS)
         ("fingerprint", _STR),
+        ("orientation_max_offdiag", _F64),  # max |off-diagonal| of direction; null: quarantined
+        ("lung_hu_median", _F64), ("lung_fraction", _F64),  # see lung_statistics; null: no volume
     ]
 )  # fmt: skip
+LUNG_HU_RANGE = (-1000.0, -400.0)  # lung parenchyma (and air) window, HU
+BODY_HU_MIN = -500.0  # tissue above this HU marks the body outline
 QUARANTINE_SCHEMA = pa.schema([("file", _STR), ("reason", _STR), ("series_id", _STR)])
 NODULE_SCHEMA = pa.schema(
     [
@@ -152,6 +159,7 @@ class _Outcome:
     nodules: list[dict[str, Any]]
     outside: int
     n_slices: int
+    lung: dict[str, float | None] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- atomic files
@@ -186,6 +194,7 @@ def _process(job: _Job) -> _Outcome:
     except SeriesError as err:
         return _Outcome(job.series_id, err, [], 0, len(job.geometry.headers))
     save_npy_atomic(job.out_dir / "volumes" / f"{job.series_id}.npy", volume.hu)
+    lung = lung_statistics(volume.hu)
     nodules: list[dict[str, Any]] = []
     outside = 0
     for n, (row, x, y, z, diameter) in enumerate(job.annotations):
@@ -200,7 +209,7 @@ def _process(job: _Job) -> _Outcome:
             {"series_id": job.series_id, "coord_x_mm": x, "coord_y_mm": y, "coord_z_mm": z,
              "diameter_mm": diameter, "crop_path": rel, "annotation_index": row}
         )  # fmt: skip
-    return _Outcome(job.series_id, None, nodules, outside, volume.hu.shape[0])
+    return _Outcome(job.series_id, None, nodules, outside, volume.hu.shape[0], lung)
 
 
 def _pool_map(
@@ -233,6 +242,37 @@ def _pool_map(
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def lung_statistics(hu: np.ndarray) -> dict[str, float | None]:
+    """Median HU and volume fraction of lung voxels inside the body, O(voxels) and no labels.
+
+    Body: on each image row (fixed z, y), the span from the first to the last voxel above
+    ``BODY_HU_MIN``; rows with no such voxel are outside. Lungs are walled in left and right
+    by the chest, so the spans hold them while dropping the air beside and around the patient.
+    Lung: body voxels in ``LUNG_HU_RANGE``. ``lung_fraction`` = lung / body voxels (0.0 with no
+    body); ``lung_hu_median`` is None when no voxel is lung, so a phantom without lungs shows as
+    a fraction of 0 rather than a made-up HU.
+    """
+    tissue = hu > BODY_HU_MIN
+    nx = tissue.shape[-1]
+    has = tissue.any(axis=-1)
+    first = np.argmax(tissue, axis=-1)
+    last = nx - 1 - np.argmax(tissue[..., ::-1], axis=-1)
+    cols = np.arange(nx)
+    body = has[..., None] & (cols >= first[..., None]) & (cols <= last[..., None])
+    lung_values = hu[body & (hu >= LUNG_HU_RANGE[0]) & (hu <= LUNG_HU_RANGE[1])]
+    n_body = int(body.sum())
+    return {
+        "lung_hu_median": float(np.median(lung_values)) if lung_values.size else None,
+        "lung_fraction": lung_values.size / n_body if n_body else 0.0,
+    }
+
+
+def orientation_max_offdiag(direction: np.ndarray) -> float:
+    """Largest |off-diagonal| direction cosine: 0 for an axial (possibly flipped) series."""
+    d = np.abs(np.asarray(direction, dtype=np.float64).reshape(3, 3))
+    return float((d - np.diag(np.diag(d))).max())
 
 
 def _iso_date(dicom_date: str, shift_days: int) -> str | None:
@@ -460,7 +500,13 @@ def _curate(
                 quarantine.extend(old_quarantine)
                 queue.pop(0)
                 if ok:
-                    rows[series_id].update(status="ok", reason="", volume_path=prev["volume_path"])
+                    rows[series_id].update(
+                        status="ok",
+                        reason="",
+                        volume_path=prev["volume_path"],
+                        lung_hu_median=prev.get("lung_hu_median"),
+                        lung_fraction=prev.get("lung_fraction"),
+                    )
                     nodule_rows.extend(old_nodules)
                     _mark_not_selected(rows, queue, series_id)
                     queue.clear()
@@ -480,6 +526,7 @@ def _curate(
             row = rows[outcome.series_id]
             if outcome.error is None:
                 row.update(status="ok", reason="", volume_path=f"volumes/{outcome.series_id}.npy")
+                row.update(outcome.lung)
                 nodule_rows.extend(outcome.nodules)
                 _mark_not_selected(rows, queue, outcome.series_id)
                 queue.clear()
@@ -535,6 +582,7 @@ def _geometry_columns(geometry: SeriesGeometry) -> dict[str, Any]:
         "slice_thickness_mm": geometry.slice_thickness_mm,
         "origin_mm_x": ox, "origin_mm_y": oy, "origin_mm_z": oz,
         "direction": [float(v) for v in geometry.direction.ravel()],
+        "orientation_max_offdiag": orientation_max_offdiag(geometry.direction),
     }  # fmt: skip
 
 

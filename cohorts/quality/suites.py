@@ -43,6 +43,9 @@ class QualityThresholds:
     spacing_mm: tuple[float, float] = (0.2, 10.0)
     min_slices: int = 16
     max_slices: int = 2000
+    orientation_max_offdiag: float = 0.5
+    lung_hu_median: tuple[float, float] = (-950.0, -600.0)
+    lung_fraction: tuple[float, float] = (0.05, 0.8)
     crop_size_vox: int = 32
     hu_range: tuple[float, float] = (-1024.0, 3071.0)
     age_years: tuple[float, float] = (18.0, 110.0)
@@ -60,6 +63,9 @@ class QualityThresholds:
             spacing_mm=pair("spacing_mm"),
             min_slices=int(curate["min_slices"]),
             max_slices=int(q["max_slices"]),
+            orientation_max_offdiag=float(q["orientation_max_offdiag"]),
+            lung_hu_median=pair("lung_hu_median"),
+            lung_fraction=pair("lung_fraction"),
             crop_size_vox=int(curate["crop_size_vox"]),
             hu_range=pair("hu_range"),
             age_years=pair("age_years"),
@@ -206,7 +212,13 @@ def run_suite(
 
 
 def scan_index_expectations(t: QualityThresholds) -> list[Any]:
-    """Unique ids, known statuses, quarantine reasons; for accepted series: CT, spacing, slices."""
+    """Unique ids, known statuses, quarantine reasons; for accepted series: CT, spacing, slices,
+    near-axial orientation and lung-region HU statistics (``cohorts.dicom.curate``).
+
+    An index written before these columns existed fails them (GX raises on a missing column),
+    like any other missing column; curation's fingerprint covers its version, so rerunning
+    curation on such an output recomputes every series and adds them.
+    """
     import great_expectations.expectations as gxe
     from great_expectations.expectations.row_conditions import Column
 
@@ -224,6 +236,26 @@ def scan_index_expectations(t: QualityThresholds) -> list[Any]:
         gxe.ExpectColumnValuesToNotBeNull(column="study_date", **ok_rows),
         gxe.ExpectColumnValuesToBeBetween(
             column="n_slices", min_value=t.min_slices, max_value=t.max_slices, **ok_rows
+        ),
+        gxe.ExpectColumnValuesToNotBeNull(column="orientation_max_offdiag", **ok_rows),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="orientation_max_offdiag",
+            min_value=0.0,
+            max_value=t.orientation_max_offdiag,
+            **ok_rows,
+        ),
+        gxe.ExpectColumnValuesToNotBeNull(column="lung_hu_median", **ok_rows),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="lung_hu_median",
+            min_value=t.lung_hu_median[0],
+            max_value=t.lung_hu_median[1],
+            **ok_rows,
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="lung_fraction",
+            min_value=t.lung_fraction[0],
+            max_value=t.lung_fraction[1],
+            **ok_rows,
         ),
     ]
     for axis in "zyx":

@@ -1,0 +1,244 @@
+"""`lungjepa predict` latency: end to end in-process against the model call alone, and the CLI.
+
+What a single prediction costs besides the network: the in-process ``predict`` (open the
+verified ONNX session, walk and decode the DICOM folder, crop, Feast online lookup,
+onnxruntime) and ``predict_onnx`` alone on the same prepared inputs, the two interleaved
+round by round; their ratio is how much of a prediction is I/O and features. The CLI as a
+subprocess adds interpreter and import start-up, so it is reported on its own, beside
+``predict --help`` (interpreter and argparse only) and a fresh process that only imports what
+the predict path imports (the gap to the CLI is the work itself plus first-call warm-up).
+
+The model and the feature store come from a real tiny pipeline run (Dagster, in a spawned
+process on a throw-away folder); the DICOM folder is one internal patient's series copied
+from the raw archive, the nodule that patient's largest annotated one on the latest scan.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.common import BenchResult, BenchSize, in_child, interleaved
+from benchmarks.pipeline import dagster_run
+from cohorts.dicom.scan import scan_dicom_tree
+from cohorts.files import atomic_write_bytes
+from cohorts.privacy import pseudonym_key, pseudonymise
+from models.onnx_runtime import predict_onnx
+from orchestration.params import section
+from orchestration.predict import (
+    CurationSettings,
+    PredictRequest,
+    crop_nodule,
+    load_model,
+    model_inputs,
+    online_ehr,
+    predict,
+    read_scan,
+    resolve_model_path,
+)
+
+COMMAND = "python -m benchmarks.run --only predict"
+REPO = Path(__file__).resolve().parents[1]
+PROFILE = "tiny"
+
+
+IMPORTS_ONLY = (
+    "from orchestration import cli, predict\n"
+    "from cohorts.privacy import pseudonym_key\n"
+    "with predict.refuse_torch():\n"
+    "    import feature_repo.store\n"
+)
+"""What a `predict` process imports before it does any work (Feast with torch refused)."""
+
+
+def build_pipeline(root: Path) -> None:
+    """The whole tiny pipeline into ``root`` (data/, artifacts/), in a fresh process."""
+    root.mkdir(parents=True, exist_ok=True)
+    data = in_child(dagster_run, str(root), None, env={"LUNGJEPA_PROFILE": PROFILE})["value"]
+    if not data["success"]:
+        raise RuntimeError(f"tiny pipeline failed; step statuses: {data['statuses']}")
+
+
+def patient_case(root: Path, out_dir: Path) -> dict[str, Any]:
+    """One internal patient's DICOM export copied to ``out_dir``, and its index nodule.
+
+    The patient is the first (sorted MRN) with an annotated series; the nodule is the
+    largest annotated one on that patient's latest annotated scan (what predict reads).
+    """
+    raw = root / "data" / "raw" / "internal"
+    tree = scan_dicom_tree(raw / "dicom")
+    annotations = pd.read_csv(raw / "annotations.csv", dtype={"seriesuid": str})
+    known = set(annotations["seriesuid"])
+    by_patient: dict[str, dict[str, list]] = {}
+    for uid, headers in tree.series.items():
+        by_patient.setdefault(headers[0].patient_id, {})[uid] = headers
+    mrn = next(m for m in sorted(by_patient) if set(by_patient[m]) & known)
+    series = by_patient[mrn]
+    latest = max((u for u in series if u in known), key=lambda u: series[u][0].study_date)
+    row = annotations[annotations["seriesuid"] == latest].sort_values("diameter_mm").iloc[-1]
+    files = 0
+    for n, (_uid, headers) in enumerate(sorted(series.items())):
+        for k, header in enumerate(headers):
+            atomic_write_bytes(out_dir / f"series{n}" / f"{k:04d}", Path(header.path).read_bytes())
+            files += 1
+    return {
+        "mrn": mrn,
+        "folder": out_dir,
+        "nodule": (float(row["coordX"]), float(row["coordY"]), float(row["coordZ"])),
+        "series": len(series),
+        "files": files,
+    }
+
+
+def _cli_argv(root: Path, case: dict[str, Any]) -> list[str]:
+    nodule = ",".join(str(v) for v in case["nodule"])
+    return [
+        sys.executable, "-m", "orchestration.cli", "--profile", PROFILE, "predict",
+        "--dicom", str(case["folder"]),
+        "--nodule=" + nodule,  # '=': a leading minus is no option
+        "--patient-id", case["mrn"],
+        "--data-dir", str(root / "data"),
+        "--artifacts-dir", str(root / "artifacts"),
+    ]  # fmt: skip
+
+
+def _subprocess(argv: list[str]) -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[2:6])} exited {proc.returncode}: {proc.stderr}")
+    return proc.stdout
+
+
+def run(size: BenchSize, work_dir: Path, pipeline_root: Path | None = None) -> BenchResult:
+    """Time predict; ``pipeline_root`` reuses a finished tiny pipeline output (else builds one)."""
+    result = BenchResult("predict", "Predict latency: end to end, model only, CLI", COMMAND)
+    root = pipeline_root
+    if root is None:
+        root = work_dir / "predict" / "pipeline"
+        started = time.perf_counter()
+        build_pipeline(root)
+        result.notes.append(
+            f"Built the tiny pipeline for this run in {time.perf_counter() - started:.0f} s "
+            "(not part of any figure)."
+        )
+    case = patient_case(root, work_dir / "predict" / "patient_dicom")
+    curate = section("curate", PROFILE)
+    settings = CurationSettings(
+        min_slices=int(curate["min_slices"]),
+        pseudonym_key=pseudonym_key(curate.get("pseudonym_key")),
+        date_shift_max_days=int(curate.get("date_shift_max_days", 0)),
+    )
+    request = PredictRequest(
+        dicom_dir=case["folder"],
+        nodule_xyz_mm=case["nodule"],
+        patient_id=case["mrn"],
+        model_path=resolve_model_path(None, root / "artifacts"),
+        data_dir=root / "data",
+        feature_repo_dir=REPO / "feature_repo",
+        curation=settings,
+    )
+
+    # the inputs predict builds, prepared once with its own steps, for the model-only case
+    session, spec = load_model(request.model_path)
+    scan = read_scan(request.dicom_dir, request.patient_id, settings)
+    crop = crop_nodule(scan.volume, request.nodule_xyz_mm, spec)
+    patient = pseudonymise(request.patient_id, settings.pseudonym_key, "patient")
+    ehr = online_ehr(
+        patient, spec.ehr_feature_names, scan.scan_date, root / "data", REPO / "feature_repo"
+    )
+    if ehr is None:
+        raise RuntimeError(f"patient {patient} has no online features in the tiny store")
+    inputs = model_inputs(crop, ehr, spec)
+
+    reps = size.reps * 4
+    timed = interleaved(
+        {
+            "end to end": lambda: predict(request)["probability"],
+            "model only": lambda: float(predict_onnx(session, inputs)[0]),
+        },
+        reps=reps,
+        warmup=max(1, size.warmup),
+    )
+    medians = {}
+    for name, label in (
+        ("end to end", "predict() in-process, end to end"),
+        ("model only", "predict_onnx() alone, same inputs"),
+    ):
+        medians[name] = result.add(label, "ms", [s * 1e3 for s, _ in timed[name]])["median"]
+    result.ratio(
+        "end to end / model only (in-process)",
+        medians["end to end"] / medians["model only"],
+        "how many times the model call a whole prediction costs (the rest: session open, "
+        "DICOM read, crop, Feast lookup)",
+    )
+    probabilities = [p for _, p in timed["end to end"]] + [p for _, p in timed["model only"]]
+
+    argv = _cli_argv(root, case)
+    help_argv = [sys.executable, "-m", "orchestration.cli", "predict", "--help"]
+    imports_argv = [sys.executable, "-c", IMPORTS_ONLY]
+    cli_reps = max(1, size.reps)
+    cli = interleaved(
+        {
+            "cli": lambda: _subprocess(argv),
+            "help": lambda: _subprocess(help_argv),
+            "imports": lambda: _subprocess(imports_argv),
+        },
+        reps=cli_reps,
+        warmup=min(1, size.warmup),
+    )
+    cli_median = result.add(
+        "CLI subprocess (python -m orchestration.cli predict)",
+        "ms",
+        [s * 1e3 for s, _ in cli["cli"]],
+    )["median"]
+    help_median = result.add(
+        "CLI start-up floor (predict --help)", "ms", [s * 1e3 for s, _ in cli["help"]]
+    )["median"]
+    imports_median = result.add(
+        "predict-path imports only (fresh process)", "ms", [s * 1e3 for s, _ in cli["imports"]]
+    )["median"]
+    result.ratio(
+        "predict-path imports / CLI subprocess",
+        imports_median / cli_median,
+        "share of the CLI's time spent importing (pandas, pydicom, onnxruntime, Feast)",
+    )
+    result.ratio(
+        "CLI subprocess / in-process end to end",
+        cli_median / medians["end to end"],
+        "above 1.0: process start-up and imports cost more than the prediction itself",
+    )
+    result.ratio(
+        "CLI start-up floor / CLI subprocess",
+        help_median / cli_median,
+        "share of the CLI's time that is bare interpreter + argparse start-up",
+    )
+    cli_probability = float(json.loads(cli["cli"][0][1])["probability"])
+    spread = float(np.ptp([*probabilities, cli_probability]))
+    result.config = {
+        "profile": PROFILE,
+        "dicom_series_in_folder": case["series"],
+        "dicom_files": case["files"],
+        "volume_shape_zyx": list(scan.volume.hu.shape),
+        "crop_shape_zyx": list(spec.crop_shape_zyx),
+        "max_timepoints": spec.max_timepoints,
+        "ehr_features": len(spec.ehr_feature_names),
+        "ehr_source": ehr.source,
+        "in_process_reps": reps,
+        "cli_reps": cli_reps,
+        "probability_spread_all_calls": spread,
+    }
+    result.notes.append(
+        "End to end and model only alternate call by call in one process (warm caches, "
+        "modules imported); end to end opens and sha256-verifies the ONNX session and the "
+        "Feast store on every call, as `lungjepa predict` does. The CLI figures are fresh "
+        "processes (`--profile tiny predict ...`, `predict --help`, the imports alone), "
+        "interleaved."
+    )
+    return result

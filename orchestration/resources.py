@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import dagster as dg
 
+from cohorts.files import atomic_write_json
 from orchestration.params import REPO_ROOT, resolve_path, section
 
 _PATHS = section("paths")
@@ -39,6 +41,23 @@ class PipelinePaths(dg.ConfigurableResource):
 
     def examples(self, cohort: str) -> Path:
         return self.data / "examples" / f"{cohort}.npz"
+
+    def point_latest(self, kind: str, version: str, folder: Path) -> None:
+        """Record ``folder`` as the newest ``kind`` ("encoders", "models"): lineage, not mtimes."""
+        relative = str(Path(folder).relative_to(self.artifacts))
+        atomic_write_json(
+            self.artifacts / kind / "latest.json", {"version": version, "path": relative}
+        )
+
+    def latest(self, kind: str) -> tuple[str, Path]:
+        """(version, folder) of the newest ``kind``, as its producing asset recorded it."""
+        pointer = self.artifacts / kind / "latest.json"
+        if not pointer.exists():
+            raise FileNotFoundError(
+                f"{pointer}: no {kind} yet; materialise the asset that makes them"
+            )
+        latest = json.loads(pointer.read_text())
+        return latest["version"], self.artifacts / latest["path"]
 
 
 class FeatureStoreResource(dg.ConfigurableResource):

@@ -34,23 +34,14 @@ _CURATE = section("curate")
 
 
 def latest_encoder(paths: PipelinePaths) -> tuple[str, Path]:
-    """(version, encoder file) of the last pretraining run, from the pointer jepa_encoder wrote."""
-    pointer = paths.artifacts / "encoders" / "latest.json"
-    if not pointer.exists():
-        raise FileNotFoundError(f"{pointer}: no pretrained encoder yet; materialise jepa_encoder")
-    latest = json.loads(pointer.read_text())
-    return latest["version"], paths.artifacts / latest["path"] / "encoder.safetensors"
+    """(version, encoder file) of the last pretraining run."""
+    version, folder = paths.latest("encoders")
+    return version, folder / "encoder.safetensors"
 
 
 def latest_models(paths: PipelinePaths) -> tuple[str, Path]:
     """(version, folder) of the last diagnostic models."""
-    pointer = paths.artifacts / "models" / "latest.json"
-    if not pointer.exists():
-        raise FileNotFoundError(
-            f"{pointer}: no diagnostic models yet; materialise diagnostic_models"
-        )
-    latest = json.loads(pointer.read_text())
-    return latest["version"], paths.artifacts / latest["path"]
+    return paths.latest("models")
 
 
 class DiagnosticConfig(dg.Config):
@@ -122,10 +113,7 @@ def diagnostic_models(
         predictions_frame(result).to_parquet(tmp, index=False)
     atomic_write_json(out / "split.json", {k: v.tolist() for k, v in result.split.items()})
     atomic_write_json(out / "card.json", {**card, "per_seed_auc": result.per_seed_auc})
-    atomic_write_json(
-        paths.artifacts / "models" / "latest.json",
-        {"version": version, "path": f"models/{version}"},
-    )
+    paths.point_latest("models", version, out)
     rows = [
         {"cohort": cohort, "model": name, "seed_aucs": ", ".join(f"{a:.3f}" for a in aucs)}
         for cohort, by_model in result.per_seed_auc.items()

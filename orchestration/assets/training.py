@@ -8,7 +8,6 @@ from pathlib import Path
 
 import dagster as dg
 
-from cohorts.files import atomic_write_json
 from models.data import load_examples
 from models.finetune import stratified_patient_split
 from models.jepa.pretrain import PretrainConfig, artifact_version, pretrain
@@ -83,8 +82,7 @@ def jepa_encoder(
     if config.nproc_per_node > 1:
         _run_torchrun(archive_path, run_dir, domain, config.nproc_per_node)
     result = pretrain(archive, run_dir, domain, progress=True, probe_sets=probe_sets)
-    latest = {"version": result.version, "path": str(run_dir.relative_to(paths.artifacts))}
-    atomic_write_json(paths.artifacts / "encoders" / "latest.json", latest)
+    paths.point_latest("encoders", result.version, run_dir)
     card = json.loads(result.card_path.read_text())
     metadata = {
         "version": dg.MetadataValue.text(result.version),

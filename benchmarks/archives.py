@@ -1,4 +1,4 @@
-"""Synthetic archives of a chosen size for the benchmarks (the tiny preset, sizes overridden)."""
+"""Synthetic archives of a chosen size for the benchmarks (a preset, cohort sizes overridden)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,15 @@ BASE_ARCHIVE_PATIENTS = 8
 
 
 def make_archive(
-    root: Path, n_archive: int, n_internal: int = 1, n_external: int = 1, workers: int = 1
+    root: Path,
+    n_archive: int,
+    n_internal: int = 1,
+    n_external: int = 1,
+    workers: int = 1,
+    preset: str = "tiny",
 ) -> dict:
-    """Generate root/<cohort>/ with the tiny preset's image sizes and the given cohort sizes."""
+    """Generate root/<cohort>/ with the preset's image sizes and the given cohort sizes."""
     config = preset_config(
-        "tiny", workers=workers, n_archive=n_archive, n_internal=n_internal, n_external=n_external
+        preset, workers=workers, n_archive=n_archive, n_internal=n_internal, n_external=n_external
     )
     return generate_archive(Path(root), config, progress=False)

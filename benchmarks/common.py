@@ -25,9 +25,9 @@ ORDER: tuple[str, ...] = (
     "jepa_cpu",
     "jepa_gpu",
     "inference",
-    "predict",
     "feast_online",
-    "pipeline",
+    "pipeline",  # before predict, which reuses its output
+    "predict",
     "scaling",
 )
 """Benchmark names in run and report order."""
@@ -41,11 +41,12 @@ class BenchSize:
     warmup: int
     reps: int
     archive_patients: int  # archive size for curation and generation workloads
+    pipeline_profile: str  # params.yaml profile of the whole-pipeline run
 
 
-TOY = BenchSize("toy", warmup=0, reps=1, archive_patients=2)  # smoke tests: structure only
-QUICK = BenchSize("quick", warmup=1, reps=2, archive_patients=8)
-FULL = BenchSize("full", warmup=1, reps=5, archive_patients=32)
+TOY = BenchSize("toy", warmup=0, reps=1, archive_patients=2, pipeline_profile="tiny")
+QUICK = BenchSize("quick", warmup=1, reps=2, archive_patients=8, pipeline_profile="tiny")
+FULL = BenchSize("full", warmup=1, reps=5, archive_patients=32, pipeline_profile="demo")
 
 
 @dataclass

@@ -8,8 +8,9 @@ subprocess adds interpreter and import start-up, so it is reported on its own, b
 ``predict --help`` (interpreter and argparse only) and a fresh process that only imports what
 the predict path imports (the gap to the CLI is the work itself plus first-call warm-up).
 
-The model and the feature store come from a real tiny pipeline run (Dagster, in a spawned
-process on a throw-away folder); the DICOM folder is one internal patient's series copied
+The model and the feature store come from a real pipeline run: the `pipeline` benchmark's
+output when it ran first in the same `make bench` (demo profile at full size), else a tiny
+pipeline built here (Dagster, in a spawned process, throw-away folder). The DICOM folder is one internal patient's series copied
 from the raw archive, the nodule that patient's largest annotated one on the latest scan.
 """
 
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.common import BenchResult, BenchSize, in_child, interleaved
-from benchmarks.pipeline import dagster_run
+from benchmarks.pipeline import PIPELINE_MARKER, dagster_run
 from cohorts.dicom.scan import scan_dicom_tree
 from cohorts.files import atomic_write_bytes
 from cohorts.privacy import pseudonym_key, pseudonymise
@@ -46,7 +47,7 @@ from orchestration.predict import (
 
 COMMAND = "python -m benchmarks.run --only predict"
 REPO = Path(__file__).resolve().parents[1]
-PROFILE = "tiny"
+PROFILE = "tiny"  # of a pipeline built here
 
 
 IMPORTS_ONLY = (
@@ -97,10 +98,10 @@ def patient_case(root: Path, out_dir: Path) -> dict[str, Any]:
     }
 
 
-def _cli_argv(root: Path, case: dict[str, Any]) -> list[str]:
+def _cli_argv(root: Path, case: dict[str, Any], profile: str) -> list[str]:
     nodule = ",".join(str(v) for v in case["nodule"])
     return [
-        sys.executable, "-m", "orchestration.cli", "--profile", PROFILE, "predict",
+        sys.executable, "-m", "orchestration.cli", "--profile", profile, "predict",
         "--dicom", str(case["folder"]),
         "--nodule=" + nodule,  # '=': a leading minus is no option
         "--patient-id", case["mrn"],
@@ -116,11 +117,29 @@ def _subprocess(argv: list[str]) -> str:
     return proc.stdout
 
 
-def run(size: BenchSize, work_dir: Path, pipeline_root: Path | None = None) -> BenchResult:
-    """Time predict; ``pipeline_root`` reuses a finished tiny pipeline output (else builds one)."""
+def _finished_pipeline(work_dir: Path) -> tuple[Path, str] | None:
+    """(root, profile) of the pipeline benchmark's successful output in this run, if any."""
+    marker = work_dir / "pipeline" / PIPELINE_MARKER
+    if not marker.exists():
+        return None
+    info = json.loads(marker.read_text())
+    if not info["success"] or info["selection"] is not None:
+        return None
+    return marker.parent, str(info["profile"])
+
+
+def run(
+    size: BenchSize, work_dir: Path, pipeline_root: Path | None = None, profile: str = PROFILE
+) -> BenchResult:
+    """Time predict on ``pipeline_root`` (a finished run of ``profile``), else on the
+    pipeline benchmark's output in ``work_dir``, else on a tiny pipeline built here."""
     result = BenchResult("predict", "Predict latency: end to end, model only, CLI", COMMAND)
     root = pipeline_root
+    if root is None and (finished := _finished_pipeline(work_dir)) is not None:
+        root, profile = finished
+        result.notes.append(f"Model and store: the pipeline benchmark's {profile} run.")
     if root is None:
+        profile = PROFILE
         root = work_dir / "predict" / "pipeline"
         started = time.perf_counter()
         build_pipeline(root)
@@ -129,7 +148,7 @@ def run(size: BenchSize, work_dir: Path, pipeline_root: Path | None = None) -> B
             "(not part of any figure)."
         )
     case = patient_case(root, work_dir / "predict" / "patient_dicom")
-    curate = section("curate", PROFILE)
+    curate = section("curate", profile)
     settings = CurationSettings(
         min_slices=int(curate["min_slices"]),
         pseudonym_key=pseudonym_key(curate.get("pseudonym_key")),
@@ -154,7 +173,7 @@ def run(size: BenchSize, work_dir: Path, pipeline_root: Path | None = None) -> B
         patient, spec.ehr_feature_names, scan.scan_date, root / "data", REPO / "feature_repo"
     )
     if ehr is None:
-        raise RuntimeError(f"patient {patient} has no online features in the tiny store")
+        raise RuntimeError(f"patient {patient} has no online features in the {profile} store")
     inputs = model_inputs(crop, ehr, spec)
 
     reps = size.reps * 4
@@ -180,7 +199,7 @@ def run(size: BenchSize, work_dir: Path, pipeline_root: Path | None = None) -> B
     )
     probabilities = [p for _, p in timed["end to end"]] + [p for _, p in timed["model only"]]
 
-    argv = _cli_argv(root, case)
+    argv = _cli_argv(root, case, profile)
     help_argv = [sys.executable, "-m", "orchestration.cli", "predict", "--help"]
     imports_argv = [sys.executable, "-c", IMPORTS_ONLY]
     cli_reps = max(1, size.reps)
@@ -222,7 +241,7 @@ def run(size: BenchSize, work_dir: Path, pipeline_root: Path | None = None) -> B
     cli_probability = float(json.loads(cli["cli"][0][1])["probability"])
     spread = float(np.ptp([*probabilities, cli_probability]))
     result.config = {
-        "profile": PROFILE,
+        "profile": profile,
         "dicom_series_in_folder": case["series"],
         "dicom_files": case["files"],
         "volume_shape_zyx": list(scan.volume.hu.shape),
@@ -238,7 +257,7 @@ def run(size: BenchSize, work_dir: Path, pipeline_root: Path | None = None) -> B
         "End to end and model only alternate call by call in one process (warm caches, "
         "modules imported); end to end opens and sha256-verifies the ONNX session and the "
         "Feast store on every call, as `lungjepa predict` does. The CLI figures are fresh "
-        "processes (`--profile tiny predict ...`, `predict --help`, the imports alone), "
+        "processes (`--profile <profile> predict ...`, `predict --help`, the imports alone), "
         "interleaved."
     )
     return result

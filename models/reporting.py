@@ -8,7 +8,7 @@ as the paper's so a reader can compare, never mixed with ours.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,31 +81,41 @@ STUDY_COLUMN_ORDER: tuple[str, ...] = (
     "cohort",
     "regime",
     "comparison",
-    "mean_auc_difference",
-    "ci_low",
-    "ci_high",
+    "pooled_difference",
+    "pooled_ci_low",
+    "pooled_ci_high",
+    "pooled_p",
     "n_seeds",
 )
 
 
-def _study_section(study: Mapping[str, Any]) -> str:
-    """Synthetic study: `{"title"?, "note"?, "rows": [dict, ...]}` rendered as one table."""
-    rows = list(study.get("rows", []))
-    parts = [f"## {study.get('title', 'Synthetic study')}", ""]
-    if study.get("note"):
-        parts += [str(study["note"]), ""]
-    if not rows:
-        return "\n".join([*parts, "No study rows were produced."])
+def _table(rows: list[Mapping[str, Any]], leading: Sequence[str]) -> list[str]:
+    """Markdown table of dict rows, `leading` columns first, floats rounded."""
     frame = pd.DataFrame(rows)
-    leading = [c for c in STUDY_COLUMN_ORDER if c in frame.columns]
-    frame = frame[leading + [c for c in frame.columns if c not in leading]]
+    first = [c for c in leading if c in frame.columns]
+    frame = frame[first + [c for c in frame.columns if c not in first]]
     header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
     rule = "|" + "---|" * len(frame.columns)
     body = [
         "| " + " | ".join(_fmt(v) if isinstance(v, float) else str(v) for v in row) + " |"
         for row in frame.itertuples(index=False)
     ]
-    return "\n".join([*parts, header, rule, *body])
+    return [header, rule, *body]
+
+
+def _study_section(study: Mapping[str, Any]) -> str:
+    """Synthetic study: `{"title"?, "note"?, "rows": [...], "trends"?: [...]}` as tables."""
+    rows = list(study.get("rows", []))
+    parts = [f"## {study.get('title', 'Synthetic study')}", ""]
+    if study.get("note"):
+        parts += [str(study["note"]), ""]
+    if not rows:
+        return "\n".join([*parts, "No study rows were produced."])
+    parts += _table(rows, STUDY_COLUMN_ORDER)
+    if study.get("trends"):
+        parts += ["", "### Trend over the regime (meta-regression slope)", ""]
+        parts += _table(list(study["trends"]), ("cohort", "comparison"))
+    return "\n".join(parts)
 
 
 def results_markdown(

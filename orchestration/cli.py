@@ -144,7 +144,14 @@ def cmd_study(args: argparse.Namespace) -> int:
     for row in study["rows"]:
         print(
             f"{row['cohort']:<9} regime {row['regime']:<5g} {row['comparison']:<26} "
-            f"{row['mean_auc_difference']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
+            f"{row['pooled_difference']:+.3f} [{row['pooled_ci_low']:+.3f}, "
+            f"{row['pooled_ci_high']:+.3f}] p={row['pooled_p']:.3g}"
+        )
+    for trend in study["trends"]:
+        print(
+            f"{trend['cohort']:<9} trend {trend['comparison']:<26} slope "
+            f"{trend['slope_per_unit_regime']:+.3f} [{trend['ci_low']:+.3f}, "
+            f"{trend['ci_high']:+.3f}] p={trend['p_value']:.3g}"
         )
     return 0
 

@@ -14,12 +14,18 @@ from typing import Any
 
 import dagster as dg
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 from scipy import stats
 
 from cohorts.files import atomic_output, atomic_write_json
+from models.evaluation import delong_test
+from models.meta_analysis import random_effects_mean, random_effects_slope
+from models.protocol import predictions_from_frame
 from orchestration.params import section
+from orchestration.resources import PipelinePaths
 
+CELL_MARKER = "cell.json"  # written last by a finished cell; its presence makes a rerun skip it
 COMPARISONS: tuple[tuple[str, str], ...] = (
     ("jepa", "multimodal"),
     ("jepa", "imaging_only"),
@@ -81,61 +87,124 @@ def run_cell(instance: dg.DagsterInstance, root: Path, regime: float, seed: int)
     return json.loads((root / "metrics" / "evaluation.json").read_text())
 
 
+def cell_paired_differences(cell_root: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """Per cohort and comparison: one cell's paired DeLong AUC difference and its variance.
+
+    Read from the predictions the evaluation asset saved next to the cell's newest models,
+    so a finished (or resumed) cell never has to be rerun to be summarised.
+    """
+    _, folder = PipelinePaths(artifacts_dir=str(cell_root / "artifacts")).latest("models")
+    labels, predictions = predictions_from_frame(pd.read_parquet(folder / "predictions.parquet"))
+    paired: dict[str, dict[str, dict[str, float]]] = {}
+    for cohort, y in labels.items():
+        for ours, other in COMPARISONS:
+            if ours in predictions[cohort] and other in predictions[cohort]:
+                test = delong_test(y, predictions[cohort][ours], predictions[cohort][other])
+                paired.setdefault(cohort, {})[f"{ours} - {other}"] = {
+                    "difference": test.diff,
+                    "variance": test.var,
+                    "n": int(y.size),
+                }
+    return paired
+
+
+def _t_interval(values: np.ndarray) -> tuple[float, float]:
+    if values.size < 2:  # one seed: no interval, not a made-up one
+        return float("nan"), float("nan")
+    half = float(stats.t.ppf(0.975, values.size - 1) * values.std(ddof=1) / np.sqrt(values.size))
+    return float(values.mean()) - half, float(values.mean()) + half
+
+
 def summarise(cells: list[dict[str, Any]], cohort: str = "internal") -> list[dict[str, Any]]:
-    """Per regime and comparison: mean AUC difference over seeds with a t-interval (95%)."""
+    """Per regime and comparison: the random-effects pooled AUC difference over seeds.
+
+    Each cell contributes its paired DeLong difference weighted by 1 / (variance + tau^2);
+    the plain mean over seeds with its t-interval is kept beside it for comparison.
+    """
     rows = []
     for regime in sorted({c["regime"] for c in cells}):
         at_regime = [c for c in cells if c["regime"] == regime]
         for ours, other in COMPARISONS:
-            diffs = np.array(
-                [
-                    c["evaluation"][cohort][ours]["auc"] - c["evaluation"][cohort][other]["auc"]
-                    for c in at_regime
-                    if ours in c["evaluation"][cohort] and other in c["evaluation"][cohort]
-                ]
-            )
-            if diffs.size == 0:
+            name = f"{ours} - {other}"
+            found = [c["paired"][cohort][name] for c in at_regime if name in c["paired"][cohort]]
+            if not found:
                 continue
-            mean = float(diffs.mean())
-            if diffs.size > 1:
-                half = float(
-                    stats.t.ppf(0.975, diffs.size - 1) * diffs.std(ddof=1) / np.sqrt(diffs.size)
-                )
-            else:
-                half = float("nan")
+            diffs = np.array([f["difference"] for f in found])
+            pooled = random_effects_mean(diffs, [f["variance"] for f in found])
+            t_low, t_high = _t_interval(diffs)
             rows.append(
                 {
-                    "regime": regime,
-                    "comparison": f"{ours} - {other}",
                     "cohort": cohort,
-                    "mean_auc_difference": mean,
-                    "ci_low": mean - half,
-                    "ci_high": mean + half,
+                    "regime": regime,
+                    "comparison": name,
+                    "pooled_difference": pooled.estimate,
+                    "pooled_ci_low": pooled.ci_low,
+                    "pooled_ci_high": pooled.ci_high,
+                    "pooled_p": pooled.p_value,
+                    "tau2": pooled.tau2,
+                    "seed_mean": float(diffs.mean()),
+                    "seed_t_ci_low": t_low,
+                    "seed_t_ci_high": t_high,
                     "n_seeds": int(diffs.size),
+                    "test_patients_per_cell": float(np.mean([f["n"] for f in found])),
                 }
             )
     return rows
 
 
+def trends(cells: list[dict[str, Any]], cohort: str = "internal") -> list[dict[str, Any]]:
+    """Per comparison: change of the AUC difference from regime 0 to 1 (meta-regression slope).
+
+    This is the study's question in one number: a negative slope means JEPA's advantage
+    shrinks as the label's causes become modality-specific.
+    """
+    rows = []
+    for ours, other in COMPARISONS:
+        name = f"{ours} - {other}"
+        found = [
+            (c["regime"], c["paired"][cohort][name]) for c in cells if name in c["paired"][cohort]
+        ]
+        if len({regime for regime, _ in found}) < 2:
+            continue
+        slope = random_effects_slope(
+            [regime for regime, _ in found],
+            [f["difference"] for _, f in found],
+            [f["variance"] for _, f in found],
+        )
+        rows.append(
+            {
+                "cohort": cohort,
+                "comparison": name,
+                "slope_per_unit_regime": slope.estimate,
+                "ci_low": slope.ci_low,
+                "ci_high": slope.ci_high,
+                "p_value": slope.p_value,
+                "tau2": slope.tau2,
+                "cells": slope.k,
+            }
+        )
+    return rows
+
+
 def plot_study(rows: list[dict[str, Any]], path: Path) -> None:
-    """AUC difference vs regime, one line per comparison, with the seed CIs as error bars."""
+    """Pooled AUC difference vs regime, one line per comparison, 95% CIs as error bars."""
     fig = Figure(figsize=(6.0, 4.0))
     ax = fig.subplots()
     ax.axhline(0.0, color="grey", linewidth=1, linestyle=":")
     for comparison in dict.fromkeys(r["comparison"] for r in rows):
         sel = [r for r in rows if r["comparison"] == comparison]
         x = [r["regime"] for r in sel]
-        y = [r["mean_auc_difference"] for r in sel]
+        y = [r["pooled_difference"] for r in sel]
         err = [
-            [r["mean_auc_difference"] - r["ci_low"] for r in sel],
-            [r["ci_high"] - r["mean_auc_difference"] for r in sel],
+            [r["pooled_difference"] - r["pooled_ci_low"] for r in sel],
+            [r["pooled_ci_high"] - r["pooled_difference"] for r in sel],
         ]
         ax.errorbar(
             x, y, yerr=np.nan_to_num(np.asarray(err)), marker="o", capsize=3, label=comparison
         )
     ax.set(
         xlabel="regime (0 = shared causes, 1 = independent modality-specific causes)",
-        ylabel="AUC difference (internal test)",
+        ylabel="AUC difference, pooled over seeds (internal test)",
         title="When does JEPA pretraining help?",
     )
     ax.legend(fontsize=8)
@@ -156,16 +225,26 @@ def run_study(
     for regime in regimes:
         for seed in seeds:
             cell_root = root / f"regime{regime:g}_seed{seed}"
-            evaluation = run_cell(instance, cell_root, regime, seed)
-            cells.append({"regime": float(regime), "seed": int(seed), "evaluation": evaluation})
+            done = cell_root / CELL_MARKER
+            if done.exists():  # resume: a finished cell is not run again
+                cell = json.loads(done.read_text())
+            else:
+                evaluation = run_cell(instance, cell_root, regime, seed)
+                cell = {"regime": float(regime), "seed": int(seed), "evaluation": evaluation}
+                atomic_write_json(done, cell)
+            cells.append({**cell, "paired": cell_paired_differences(cell_root)})
     rows = summarise(cells, "internal") + summarise(cells, "external")
     study = {
         "title": "Synthetic study: JEPA gain by causal regime",
-        "note": "Each cell is a full pipeline run (study preset). Differences are paired within a "
-        "cell; the interval is a t-interval over seeds.",
+        "note": "Each cell is a full pipeline run (study preset) with its own data, encoder and "
+        "models. Per regime, the cells' paired DeLong AUC differences are pooled with "
+        "DerSimonian-Laird random-effects weights (pooled_*: 95% CI, p); seed_mean and its "
+        "t-interval over seeds are shown beside it. The trend is the meta-regression slope "
+        "of the difference on the regime (negative: the gain shrinks as causes separate).",
         "regimes": [float(r) for r in regimes],
         "seeds": [int(s) for s in seeds],
         "rows": rows,
+        "trends": trends(cells, "internal") + trends(cells, "external"),
         "cells": cells,
     }
     atomic_write_json(metrics_dir / "study.json", study)

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +31,7 @@ from benchmarks import (  # noqa: E402
     synthetic,
 )
 from benchmarks.common import TOY, BenchResult, interleaved, summarise  # noqa: E402
+from benchmarks.memory import TreeMemorySampler, tree_rss_bytes  # noqa: E402
 from benchmarks.report import render, render_section  # noqa: E402
 from benchmarks.run import BENCHMARKS, main, run_all  # noqa: E402
 
@@ -79,8 +83,35 @@ def test_curation_benchmark(tmp_path: Path) -> None:
 
 def test_synthetic_benchmark(tmp_path: Path) -> None:
     record = _check(synthetic.run(TOY, tmp_path), "synthetic")
-    assert [m["scans"] > 0 for m in record["measurements"]] == [True, True]
-    assert record["ratios"][0]["label"] == "2 workers / 1 worker"
+    rows = _by_label(record)
+    assert rows["generate_archive, 1 worker(s)"]["scans"] > 0
+    assert (
+        rows["generate_archive, 2 worker(s)"]["scans"]
+        == rows["generate_archive, 1 worker(s)"]["scans"]
+    )
+    assert rows[synthetic.POOL]["median"] > 0
+    labels = [r["label"] for r in record["ratios"]]
+    assert labels[0] == "2 workers / 1 worker"
+    assert "pool start-up / 2-worker generation time" in labels
+
+
+def test_tree_memory_sampler_sees_worker_processes() -> None:
+    """A child holding 200 MiB shows in the tree's RSS and in the sampled window's peak."""
+    hold = (
+        "import sys, time; block = b'x' * (200 * 2**20); print('ready', flush=True); time.sleep(3)"
+    )
+    before = tree_rss_bytes(os.getpid())
+    with TreeMemorySampler(interval_s=0.05) as sampler:
+        started = time.time()
+        child = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        during = tree_rss_bytes(os.getpid())
+        child.wait()
+        ended = time.time()
+    assert during - before > 150 * 2**20
+    window = sampler.window_mib(started, ended)
+    assert window["peak_mib"] - window["start_mib"] > 150
+    assert sampler.peak_mib() >= window["peak_mib"]
 
 
 def test_jepa_cpu_benchmark_counts_flops(tmp_path: Path) -> None:
@@ -184,6 +215,19 @@ def test_a_failing_benchmark_is_reported_and_the_others_kept(
 def test_scaling_and_dagster_pipeline(tmp_path: Path) -> None:
     scaling = _check(pipeline.run_scaling(TOY, tmp_path, factors=(1, 2)), "scaling")
     assert scaling["ratios"][0]["label"] == "time x2 / x1"
+    scaled = _by_label(scaling)
+    assert scaled["whole pipeline, cohorts x2"]["patients"] == 2 * sum(
+        pipeline.base_sizes("tiny").values()
+    )
+    assert "step jepa_encoder, x2 / x1" in scaled and "step raw_archive, x2 / x1" in scaled
     run = _check(pipeline.run_pipeline(TOY, tmp_path, ["raw_archive", "curated_scans"]), "pipeline")
-    assert run["config"]["success"] is True
-    assert {"step raw_archive", "step curated_scans"} <= set(_by_label(run))
+    assert run["config"]["success"] is True and run["config"]["profile"] == "tiny"
+    rows = _by_label(run)
+    assert {"step raw_archive", "step curated_scans"} <= set(rows)
+    # per-asset peak memory: real processes, at least what the run held when the step began
+    for step in ("step raw_archive", "step curated_scans"):
+        assert rows[step]["peak_rss_mib"] >= rows[step]["rss_at_start_mib"] > 50
+    assert (
+        rows["peak RSS, process tree (whole run)"]["median"]
+        >= rows["step curated_scans"]["peak_rss_mib"]
+    )

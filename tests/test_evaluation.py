@@ -174,13 +174,18 @@ def test_results_markdown_and_plots(tmp_path: Path) -> None:
         "date": "2026-11-28",
         "bootstrap_replicates": 100,
     }
-    study = {"title": "Synthetic study", "rows": [{"regime": 0.0, "jepa": 0.8123}]}
+    study = {
+        "title": "Synthetic study",
+        "rows": [{"regime": 0.0, "jepa": 0.8123}],
+        "trends": [{"comparison": "jepa - multimodal", "slope_per_unit_regime": -0.2345}],
+    }
     text = results_markdown(evaluation, PAPER_AUC, study, provenance)
     ours = evaluation["internal"]["jepa"]
     assert f"| {ours['auc']:.3f} | [{ours['ci'][0]:.3f}, {ours['ci'][1]:.3f}] |" in text
     assert "| 0.91 |" in text and "not reported" in text  # paper column, labelled
     assert "lungjepa report" in text and "d123" in text and "e456" in text
     assert "`jepa_vs_imaging_only`" in text and "0.812" in text
+    assert "meta-regression slope" in text and "-0.234" in text
     with pytest.raises(KeyError, match="provenance"):
         results_markdown(evaluation, PAPER_AUC, None, {"command": "x"})
     assert "Drift signals" not in text

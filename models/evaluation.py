@@ -292,6 +292,19 @@ def evaluate_models(
     return result
 
 
+def rank_agreement(predictions: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Spearman correlation of every pair of models' scores on the same patients.
+
+    Why: two models with equal AUC can rank patients alike (they learned the same signal)
+    or differently; a finetuned JEPA ranking like the from-scratch model, or a multimodal
+    model ranking like the EHR-only refit, says which input the models actually use.
+    """
+    matrix = pd.DataFrame(
+        {name: np.asarray(p, dtype=np.float64) for name, p in predictions.items()}
+    )
+    return {a: {b: float(v) for b, v in row.items()} for a, row in matrix.corr("spearman").items()}
+
+
 def combine_cohort_results(per_cohort: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Assemble metrics/evaluation.json: models per cohort at the top, DeLong p-values together.
 

@@ -124,8 +124,11 @@ def results_markdown(
     study: Mapping[str, Any] | None,
     provenance: Mapping[str, Any],
     drift: Mapping[str, Any] | None = None,
+    agreement: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
 ) -> str:
     """Render docs/RESULTS.md from metrics/evaluation.json (combine_cohort_results shape).
+
+    agreement: per cohort, rank_agreement of the models' predictions (a Spearman matrix).
 
     drift: the cohort_drift summary (drift.json next to the model card); when given, a
     section sets its signals beside each model's measured internal -> external AUC change.
@@ -175,11 +178,34 @@ def results_markdown(
         ]
         if delong.get(cohort):
             out += ["", f"DeLong tests, {cohort}:", "", _delong_table(delong[cohort])]
+    if agreement:
+        out += ["", _agreement_section(agreement)]
     if drift is not None and {"internal", "external"} <= set(cohorts):
         out += ["", _drift_section(drift, evaluation)]
     if study is not None:
         out += ["", _study_section(study)]
     return "\n".join(out) + "\n"
+
+
+def _agreement_section(agreement: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
+    """Spearman matrices: which models rank the same patients alike (same signal learned)."""
+    lines = [
+        "## How alike the models rank patients",
+        "",
+        "Spearman correlation between two models' predictions on the same test patients. "
+        "Near 1: the two rank patients alike, whatever their AUCs (e.g. a finetuned encoder "
+        "that ended where the from-scratch model did, or a multimodal model leaning on the EHR "
+        "as the EHR-only refit does).",
+    ]
+    for cohort, matrix in agreement.items():
+        names = list(matrix)
+        lines += ["", f"{COHORT_LABELS.get(cohort, cohort)}:", ""]
+        lines += ["| | " + " | ".join(f"`{n}`" for n in names) + " |"]
+        lines += ["|---|" + "---|" * len(names)]
+        lines += [
+            f"| `{a}` | " + " | ".join(_fmt(matrix[a][b]) for b in names) + " |" for a in names
+        ]
+    return "\n".join(lines)
 
 
 def _drift_section(drift: Mapping[str, Any], evaluation: Mapping[str, Any]) -> str:

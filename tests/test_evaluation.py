@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from models.evaluation import (
@@ -15,6 +16,7 @@ from models.evaluation import (
     combine_cohort_results,
     delong_test,
     evaluate_models,
+    rank_agreement,
     reliability_curve,
     roc_auc,
     roc_curve_points,
@@ -157,6 +159,17 @@ def test_evaluate_models_and_combined_shape_is_json_ready() -> None:
         evaluate_models(np.array([0, 1]), {"a": np.array([0.1, 0.9])}, reference="b")
 
 
+def test_rank_agreement_is_spearman_between_every_pair() -> None:
+    rng = np.random.default_rng(3)
+    a = rng.random(50)
+    scores = {"a": a, "monotone_of_a": np.exp(3 * a), "reversed": -a, "noise": rng.random(50)}
+    matrix = rank_agreement(scores)
+    assert matrix["a"]["monotone_of_a"] == pytest.approx(1.0)
+    assert matrix["a"]["reversed"] == pytest.approx(-1.0)
+    assert matrix["noise"]["a"] == pytest.approx(stats.spearmanr(scores["noise"], a).statistic)
+    assert matrix["noise"]["a"] == matrix["a"]["noise"]
+
+
 def test_results_markdown_and_plots(tmp_path: Path) -> None:
     per_cohort = {}
     curves = {}
@@ -186,6 +199,10 @@ def test_results_markdown_and_plots(tmp_path: Path) -> None:
     assert "lungjepa report" in text and "d123" in text and "e456" in text
     assert "`jepa_vs_imaging_only`" in text and "0.812" in text
     assert "meta-regression slope" in text and "-0.234" in text
+    assert "How alike" not in text
+    agreement = {"internal": rank_agreement({"a": np.arange(5.0), "b": -np.arange(5.0)})}
+    with_agreement = results_markdown(evaluation, PAPER_AUC, None, provenance, None, agreement)
+    assert "| `a` | 1.000 | -1.000 |" in with_agreement
     with pytest.raises(KeyError, match="provenance"):
         results_markdown(evaluation, PAPER_AUC, None, {"command": "x"})
     assert "Drift signals" not in text

@@ -11,7 +11,7 @@ import pandas as pd
 from cohorts.files import atomic_output, atomic_write_json, atomic_write_text
 from models.data import load_examples
 from models.encoders import load_encoder
-from models.evaluation import roc_curve_points
+from models.evaluation import rank_agreement, roc_curve_points
 from models.finetune import FinetuneConfig, save_model
 from models.jepa.pretrain import data_hash
 from models.protocol import (
@@ -180,7 +180,8 @@ def evaluation(
     study = json.loads(study_path.read_text()) if study_path.exists() else None
     drift_path = folder / "drift.json"
     drift = json.loads(drift_path.read_text()) if drift_path.exists() else None
-    markdown = results_markdown(evaluation_json, PAPER_AUC, study, provenance, drift)
+    agreement = {cohort: rank_agreement(predictions[cohort]) for cohort in labels}
+    markdown = results_markdown(evaluation_json, PAPER_AUC, study, provenance, drift, agreement)
     atomic_write_text(Path(config.results_markdown), markdown)
     rows = [
         {

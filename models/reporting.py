@@ -115,6 +115,14 @@ def _study_section(study: Mapping[str, Any]) -> str:
     if study.get("trends"):
         parts += ["", "### Trend over the regime (meta-regression slope)", ""]
         parts += _table(list(study["trends"]), ("cohort", "comparison"))
+    if study.get("agreement"):
+        parts += [
+            "",
+            "### How alike the models rank patients, by regime (Spearman, internal test, "
+            "mean over seeds)",
+            "",
+        ]
+        parts += _table(list(study["agreement"]), ("regime",))
     return "\n".join(parts)
 
 

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from cohorts.files import atomic_output, atomic_write_json
-from models.evaluation import delong_test
+from models.evaluation import delong_test, rank_agreement
 from models.meta_analysis import random_effects_mean, random_effects_slope
 from models.protocol import predictions_from_frame
 from orchestration.params import section
@@ -30,6 +30,13 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
     ("jepa", "multimodal"),
     ("jepa", "imaging_only"),
     ("jepa_probe", "multimodal"),
+)
+AGREEMENT: tuple[tuple[str, str], ...] = (
+    ("jepa", "multimodal"),  # did finetuning leave the pretrained start behind?
+    ("multimodal", "clinical_refit"),  # does the multimodal model lean on the EHR?
+    ("multimodal", "clinical_brock"),  # ... or on nodule size, as Brock does?
+    ("jepa_probe", "clinical_refit"),  # what the frozen pretrained features carry
+    ("jepa_probe", "clinical_brock"),
 )
 
 
@@ -87,14 +94,26 @@ def run_cell(instance: dg.DagsterInstance, root: Path, regime: float, seed: int)
     return json.loads((root / "metrics" / "evaluation.json").read_text())
 
 
+def _cell_predictions(cell_root: Path) -> tuple[dict, dict]:
+    """Labels and predictions per cohort, as the cell's evaluation asset saved them."""
+    _, folder = PipelinePaths(artifacts_dir=str(cell_root / "artifacts")).latest("models")
+    return predictions_from_frame(pd.read_parquet(folder / "predictions.parquet"))
+
+
+def cell_agreement(cell_root: Path, cohort: str = "internal") -> dict[str, float]:
+    """Spearman correlation of the AGREEMENT pairs' predictions in one cell."""
+    _, predictions = _cell_predictions(cell_root)
+    matrix = rank_agreement(predictions[cohort])
+    return {f"{a} ~ {b}": matrix[a][b] for a, b in AGREEMENT if a in matrix and b in matrix}
+
+
 def cell_paired_differences(cell_root: Path) -> dict[str, dict[str, dict[str, float]]]:
     """Per cohort and comparison: one cell's paired DeLong AUC difference and its variance.
 
     Read from the predictions the evaluation asset saved next to the cell's newest models,
     so a finished (or resumed) cell never has to be rerun to be summarised.
     """
-    _, folder = PipelinePaths(artifacts_dir=str(cell_root / "artifacts")).latest("models")
-    labels, predictions = predictions_from_frame(pd.read_parquet(folder / "predictions.parquet"))
+    labels, predictions = _cell_predictions(cell_root)
     paired: dict[str, dict[str, dict[str, float]]] = {}
     for cohort, y in labels.items():
         for ours, other in COMPARISONS:
@@ -186,14 +205,28 @@ def trends(cells: list[dict[str, Any]], cohort: str = "internal") -> list[dict[s
     return rows
 
 
+def agreement_by_regime(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per regime: mean over seeds of each AGREEMENT pair's Spearman rho (internal test)."""
+    rows = []
+    for regime in sorted({c["regime"] for c in cells}):
+        at_regime = [c["agreement"] for c in cells if c["regime"] == regime]
+        row: dict[str, Any] = {"regime": regime}
+        for pair in dict.fromkeys(k for a in at_regime for k in a):
+            row[pair] = float(np.mean([a[pair] for a in at_regime if pair in a]))
+        rows.append(row)
+    return rows
+
+
 def plot_study(rows: list[dict[str, Any]], path: Path) -> None:
     """Pooled AUC difference vs regime, one line per comparison, 95% CIs as error bars."""
     fig = Figure(figsize=(6.0, 4.0))
     ax = fig.subplots()
     ax.axhline(0.0, color="grey", linewidth=1, linestyle=":")
-    for comparison in dict.fromkeys(r["comparison"] for r in rows):
+    comparisons = list(dict.fromkeys(r["comparison"] for r in rows))
+    for k, comparison in enumerate(comparisons):
         sel = [r for r in rows if r["comparison"] == comparison]
-        x = [r["regime"] for r in sel]
+        dodge = 0.015 * (k - (len(comparisons) - 1) / 2)  # keep the error bars apart
+        x = [r["regime"] + dodge for r in sel]
         y = [r["pooled_difference"] for r in sel]
         err = [
             [r["pooled_difference"] - r["pooled_ci_low"] for r in sel],
@@ -232,7 +265,13 @@ def run_study(
                 evaluation = run_cell(instance, cell_root, regime, seed)
                 cell = {"regime": float(regime), "seed": int(seed), "evaluation": evaluation}
                 atomic_write_json(done, cell)
-            cells.append({**cell, "paired": cell_paired_differences(cell_root)})
+            cells.append(
+                {
+                    **cell,
+                    "paired": cell_paired_differences(cell_root),
+                    "agreement": cell_agreement(cell_root),
+                }
+            )
     rows = summarise(cells, "internal") + summarise(cells, "external")
     study = {
         "title": "Synthetic study: JEPA gain by causal regime",
@@ -245,6 +284,7 @@ def run_study(
         "seeds": [int(s) for s in seeds],
         "rows": rows,
         "trends": trends(cells, "internal") + trends(cells, "external"),
+        "agreement": agreement_by_regime(cells),
         "cells": cells,
     }
     atomic_write_json(metrics_dir / "study.json", study)

@@ -5,7 +5,13 @@ import pytest
 from scipy import stats
 
 from models.meta_analysis import random_effects_mean
-from orchestration.study import cell_run_config, plot_study, summarise, trends
+from orchestration.study import (
+    agreement_by_regime,
+    cell_run_config,
+    plot_study,
+    summarise,
+    trends,
+)
 
 
 def _cell(regime: float, seed: int, jepa_minus_multimodal: float, variance: float) -> dict:
@@ -38,6 +44,12 @@ def test_summary_pools_the_paired_differences_and_keeps_the_seed_t_interval(tmp_
     single = next(r for r in rows if r["regime"] == 1.0 and r["comparison"] == "jepa - multimodal")
     assert single["pooled_difference"] == pytest.approx(-0.10)
     assert np.isnan(single["seed_t_ci_low"])  # one seed: no t-interval, not a made-up one
+    for cell, rho in zip(cells, (0.9, 0.8, 0.7, 0.2), strict=True):
+        cell["agreement"] = {"jepa ~ multimodal": rho}
+    assert agreement_by_regime(cells) == [
+        {"regime": 0.0, "jepa ~ multimodal": pytest.approx(0.8)},
+        {"regime": 1.0, "jepa ~ multimodal": pytest.approx(0.2)},
+    ]
     (trend,) = trends(cells, "internal")
     assert trend["slope_per_unit_regime"] < 0 and trend["cells"] == 4
     plot_study(rows, tmp_path / "study.png")

@@ -133,10 +133,12 @@ def results_markdown(
     provenance: Mapping[str, Any],
     drift: Mapping[str, Any] | None = None,
     agreement: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
+    probe: Mapping[str, float] | None = None,
 ) -> str:
     """Render docs/RESULTS.md from metrics/evaluation.json (combine_cohort_results shape).
 
     agreement: per cohort, rank_agreement of the models' predictions (a Spearman matrix).
+    probe: the encoder card's frozen-encoder probes (pretrained vs random initialisation).
 
     drift: the cohort_drift summary (drift.json next to the model card); when given, a
     section sets its signals beside each model's measured internal -> external AUC change.
@@ -186,6 +188,8 @@ def results_markdown(
         ]
         if delong.get(cohort):
             out += ["", f"DeLong tests, {cohort}:", "", _delong_table(delong[cohort])]
+    if probe:
+        out += ["", _probe_section(probe)]
     if agreement:
         out += ["", _agreement_section(agreement)]
     if drift is not None and {"internal", "external"} <= set(cohorts):
@@ -193,6 +197,32 @@ def results_markdown(
     if study is not None:
         out += ["", _study_section(study)]
     return "\n".join(out) + "\n"
+
+
+def _probe_section(probe: Mapping[str, float]) -> str:
+    """Frozen-encoder probes from the encoder card: what pretraining made linearly readable."""
+    rows = [
+        ("malignancy, logistic probe: test AUC", "pretrained_auc", "random_auc"),
+        ("nodule size, ridge probe on image tokens: test R^2 of log diameter",
+         "pretrained_diameter_r2", "random_diameter_r2"),
+    ]  # fmt: skip
+    lines = [
+        "## What pretraining learned (frozen-encoder probes)",
+        "",
+        f"Linear probes on the JEPA encoder's frozen features of the latest scan, fitted on "
+        f"{probe.get('n_train', 'n/a')} internal patients and tested on "
+        f"{probe.get('n_test', 'n/a')} others, beside the same probe on a randomly "
+        "initialised encoder of the same shape.",
+        "",
+        "| probe | pretrained | random init |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {label} | {_fmt(probe.get(ours))} | {_fmt(probe.get(random))} |"
+        for label, ours, random in rows
+        if ours in probe
+    ]
+    return "\n".join(lines)
 
 
 def _agreement_section(agreement: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:

@@ -203,6 +203,11 @@ def test_results_markdown_and_plots(tmp_path: Path) -> None:
     agreement = {"internal": rank_agreement({"a": np.arange(5.0), "b": -np.arange(5.0)})}
     with_agreement = results_markdown(evaluation, PAPER_AUC, None, provenance, None, agreement)
     assert "| `a` | 1.000 | -1.000 |" in with_agreement
+    probe = {"pretrained_auc": 0.71, "random_auc": 0.62, "pretrained_diameter_r2": 0.25,
+             "random_diameter_r2": 0.4, "n_train": 70, "n_test": 30}  # fmt: skip
+    with_probe = results_markdown(evaluation, PAPER_AUC, None, provenance, probe=probe)
+    assert "fitted on 70 internal patients" in with_probe
+    assert "test R^2 of log diameter | 0.250 | 0.400 |" in with_probe
     with pytest.raises(KeyError, match="provenance"):
         results_markdown(evaluation, PAPER_AUC, None, {"command": "x"})
     assert "Drift signals" not in text

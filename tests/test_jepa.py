@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from models.jepa.pretrain import (
     monitor_target,
     pretrain,
 )
-from models.jepa.probe import linear_probe_auc
+from models.jepa.probe import diameter_probe_r2, encoder_features, linear_probe_auc
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -308,7 +309,12 @@ def test_pretraining_loss_falls_and_writes_artifacts(tmp_path: Path) -> None:
     assert len(card["version"]) == 12
     assert card["params"]["epochs"] == 5 and card["loss"]["last"] == pytest.approx(losses[-1])
     assert card["throughput_samples_per_s"] > 0 and not card["monitor"]["collapsed"]
-    assert set(card["probe"]) >= {"pretrained_auc", "random_auc"}
+    assert set(card["probe"]) >= {
+        "pretrained_auc",
+        "random_auc",
+        "pretrained_diameter_r2",
+        "random_diameter_r2",
+    }
     encoder = load_encoder(tmp_path / "encoder.safetensors")
     reference = build_encoder(examples, config)
     assert encoder.config == reference.config
@@ -332,6 +338,18 @@ def test_linear_probe_auc_reads_a_planted_signal() -> None:
     assert 0.0 <= auc <= 1.0 and np.isfinite(auc)
     with pytest.raises(ValueError):
         linear_probe_auc(encoder, random_examples(10, 2, 16, 4, labeled=False), test)
+
+
+def test_diameter_probe_reads_nodule_size_from_image_tokens_only() -> None:
+    train = random_examples(80, 2, 16, n_ehr=4, seed=1)
+    test = random_examples(60, 2, 16, n_ehr=4, seed=2)
+    encoder = build_encoder(train, PretrainConfig(**TINY))
+    assert diameter_probe_r2(encoder, train, test) > 0.3  # planted spheres of that size
+    shuffled = dataclasses.replace(
+        test, diameter_mm=np.random.default_rng(0).permutation(test.diameter_mm)
+    )
+    assert diameter_probe_r2(encoder, train, shuffled) < 0.1  # no size signal left to read
+    assert encoder_features(encoder, test, image_only=True).shape == (len(test), 32)
 
 
 def test_checkpoint_is_atomic_and_restores_rng_streams(tmp_path: Path) -> None:

@@ -60,7 +60,7 @@ from models.jepa.masks import MaskConfig, MultimodalMaskGenerator
 from models.jepa.model import MultimodalJEPA
 from models.jepa.monitor import collapse_stats
 from models.jepa.predictor import JEPAPredictor
-from models.jepa.probe import check_probe_set, linear_probe_auc
+from models.jepa.probe import check_probe_set, diameter_probe_r2, linear_probe_auc
 from models.schedules import ADAMW_BETAS, apply_lr, apply_weight_decay, cosine, param_groups
 from models.schedules import warmup_cosine as lr_at
 
@@ -567,6 +567,8 @@ def _pretrain(
         probe = {
             "pretrained_auc": linear_probe_auc(target, *probe_sets, seed=config.seed),
             "random_auc": linear_probe_auc(random_encoder, *probe_sets, seed=config.seed),
+            "pretrained_diameter_r2": diameter_probe_r2(target, *probe_sets),
+            "random_diameter_r2": diameter_probe_r2(random_encoder, *probe_sets),
             "n_train": int((probe_sets[0].label >= 0).sum()),
             "n_test": int((probe_sets[1].label >= 0).sum()),
         }

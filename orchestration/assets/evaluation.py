@@ -181,7 +181,11 @@ def evaluation(
     drift_path = folder / "drift.json"
     drift = json.loads(drift_path.read_text()) if drift_path.exists() else None
     agreement = {cohort: rank_agreement(predictions[cohort]) for cohort in labels}
-    markdown = results_markdown(evaluation_json, PAPER_AUC, study, provenance, drift, agreement)
+    encoder_card = paths.artifacts / "encoders" / encoder_version / "card.json"
+    probe = json.loads(encoder_card.read_text()).get("probe") if encoder_card.exists() else None
+    markdown = results_markdown(
+        evaluation_json, PAPER_AUC, study, provenance, drift, agreement, probe
+    )
     atomic_write_text(Path(config.results_markdown), markdown)
     rows = [
         {

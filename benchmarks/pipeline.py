@@ -34,19 +34,11 @@ def dagster_run(
     import dagster as dg
 
     from orchestration.definitions import defs
+    from orchestration.resources import resources_under
 
     base = Path(root)
     config: dict[str, Any] = {
-        "resources": {
-            "paths": {
-                "config": {
-                    "data_dir": str(base / "data"),
-                    "artifacts_dir": str(base / "artifacts"),
-                    "metrics_dir": str(base / "metrics"),
-                }
-            },
-            "feature_store": {"config": {"data_dir": str(base / "data")}},
-        },
+        "resources": resources_under(base),
         "ops": {},
     }
     if selection is None or "evaluation" in selection:

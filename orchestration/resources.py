@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
@@ -58,6 +59,25 @@ class PipelinePaths(dg.ConfigurableResource):
             )
         latest = json.loads(pointer.read_text())
         return latest["version"], self.artifacts / latest["path"]
+
+
+def resources_under(root: Path) -> dict[str, Any]:
+    """Run-config `resources` block pointing every folder resource at ``root``.
+
+    One place for "this run's data/, artifacts/, metrics/ live here": study cells,
+    benchmarks and tests each run the real job on a folder of their own.
+    """
+    root = Path(root)
+    return {
+        "paths": {
+            "config": {
+                "data_dir": str(root / "data"),
+                "artifacts_dir": str(root / "artifacts"),
+                "metrics_dir": str(root / "metrics"),
+            }
+        },
+        "feature_store": {"config": {"data_dir": str(root / "data")}},
+    }
 
 
 class FeatureStoreResource(dg.ConfigurableResource):

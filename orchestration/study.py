@@ -23,7 +23,7 @@ from models.evaluation import delong_test, rank_agreement
 from models.meta_analysis import random_effects_mean, random_effects_slope
 from models.protocol import predictions_from_frame
 from orchestration.params import section
-from orchestration.resources import PipelinePaths
+from orchestration.resources import PipelinePaths, resources_under
 
 CELL_MARKER = "cell.json"  # written last by a finished cell; its presence makes a rerun skip it
 COMPARISONS: tuple[tuple[str, str], ...] = (
@@ -43,16 +43,7 @@ AGREEMENT: tuple[tuple[str, str], ...] = (
 def cell_run_config(root: Path, regime: float, seed: int) -> dict[str, Any]:
     """Run config of one cell: its own folders, the study preset, this regime and seed."""
     return {
-        "resources": {
-            "paths": {
-                "config": {
-                    "data_dir": str(root / "data"),
-                    "artifacts_dir": str(root / "artifacts"),
-                    "metrics_dir": str(root / "metrics"),
-                }
-            },
-            "feature_store": {"config": {"data_dir": str(root / "data")}},
-        },
+        "resources": resources_under(root),
         "ops": {
             "raw_archive": {"config": {"preset": "study", "seed": seed, "regime": regime}},
             "evaluation": {"config": {"results_markdown": str(root / "RESULTS.md")}},

@@ -5,20 +5,13 @@ from typing import Any
 
 import dagster as dg
 
+from orchestration.resources import resources_under
+
 
 def pipeline_run_config(root: Path) -> dict[str, Any]:
     """Point every resource at ``root`` so a test never touches the repo's data/."""
     return {
-        "resources": {
-            "paths": {
-                "config": {
-                    "data_dir": str(root / "data"),
-                    "artifacts_dir": str(root / "artifacts"),
-                    "metrics_dir": str(root / "metrics"),
-                }
-            },
-            "feature_store": {"config": {"data_dir": str(root / "data")}},
-        },
+        "resources": resources_under(root),
         "ops": {"evaluation": {"config": {"results_markdown": str(root / "RESULTS.md")}}},
     }
 

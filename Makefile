@@ -8,7 +8,7 @@ DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export DAGSTER_HOME
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-all lint format ui bench reliability clean
+.PHONY: setup system-deps demo test test-all lint format ui bench reliability clean
 
 setup: $(VENV)/.setup-stamp
 
@@ -19,16 +19,21 @@ $(VENV)/.setup-stamp: pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 
+# Debian packages the tests need (dicom3tools, chromium, chromium-driver): installed
+# when missing and possible (root or sudo), else one message with the command to run.
+system-deps:
+	bash scripts/system-deps.sh
+
 demo: setup
 	mkdir -p $(DAGSTER_HOME)
 	$(BIN)/lungjepa demo
 
 # The second run is the UI end to end in headless Chromium (addopts deselect `browser`).
-test: setup
+test: setup system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -m browser $(PYTEST_ARGS)
 
-test-all: setup
+test-all: setup system-deps
 	$(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
 
 lint: setup
@@ -48,7 +53,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.run
 
 # the whole reliability suite, then docs/RELIABILITY.md from its figures (rendered even if a test fails)
-reliability: setup
+reliability: setup system-deps
 	status=0; LUNGJEPA_RELIABILITY_METRICS=$(CURDIR)/metrics/reliability.json $(BIN)/python -m pytest -m "reliability_full or not reliability_full" tests/reliability $(PYTEST_ARGS) || status=$$?; \
 	$(BIN)/python tests/reliability/report.py metrics/reliability.json docs/RELIABILITY.md && exit $$status
 

@@ -11,7 +11,10 @@ scan is the last time point (index -1), left-padded.
 
 from __future__ import annotations
 
+import hashlib
+import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -174,10 +177,49 @@ def latest_ehr(examples: Any) -> tuple[np.ndarray, list[str]]:
     return latest, names
 
 
+@dataclass(frozen=True)
+class ReaderError:
+    """A radiologist's caliper measurement of the longest diameter (params.yaml `evaluate.reader`).
+
+    measured = round_to(true * (1 + relative_sd * e1) + sd_mm * e2), e1, e2 ~ N(0, 1), at least
+    round_to_mm. Inter-reader 95% limits of agreement for manual diameters of small nodules
+    are about +-1.7 mm (Revel et al., Radiology 2004), i.e. ~0.9 mm SD per reader; we take
+    1.0 mm plus 5% of the size and whole-mm reporting. The draw is seeded by the patient id
+    (sha256), so a patient's measurement does not depend on which cohort or fold holds it.
+    """
+
+    sd_mm: float = 1.0
+    relative_sd: float = 0.05
+    round_to_mm: float = 1.0
+    seed: int = 0
+
+    def measure(self, diameter_mm: np.ndarray, patient_id: np.ndarray) -> np.ndarray:
+        """Measured diameters [N] mm of true diameters [N] mm, one draw per patient id."""
+        true = np.asarray(diameter_mm, dtype=np.float64)
+        ids = np.asarray(patient_id).astype(str)
+        if true.shape != ids.shape:
+            raise ValueError("reader error: one diameter per patient id")
+        noise = np.empty((true.shape[0], 2))
+        for i, pid in enumerate(ids):
+            digest = hashlib.sha256(f"{self.seed}:{pid}".encode()).digest()
+            noise[i] = np.random.default_rng(int.from_bytes(digest[:8], "little")).normal(size=2)
+        measured = true * (1.0 + self.relative_sd * noise[:, 0]) + self.sd_mm * noise[:, 1]
+        step = self.round_to_mm
+        if step > 0:
+            measured = np.round(measured / step) * step
+        return np.maximum(measured, step if step > 0 else 0.5)
+
+
+def latest_diameter(examples: Any) -> np.ndarray:
+    """The annotated (generator-exact) index-nodule diameter [N] mm at the latest scan."""
+    return _field(examples, "diameter_mm")[:, -1].astype(np.float64)
+
+
 def brock_from_examples(
     examples: Any,
     spacing_mm: float = 1.0,
     defaults: Mapping[str, float] = BROCK_DEFAULTS,
+    size_mm: np.ndarray | None = None,
 ) -> np.ndarray:
     """Brock probability per patient from training examples (latest scan).
 
@@ -185,7 +227,9 @@ def brock_from_examples(
     EHR features (a missing feature or NaN value takes `defaults`, see BROCK_DEFAULTS), the
     size from diameter_mm, and the nodule type from the latest crop (nodule_type_from_crop
     with radius = half the diameter). Location, spiculation and count are not in the
-    examples and always take the defaults.
+    examples and always take the defaults. `size_mm` [N] replaces the annotated diameter
+    (e.g. a reader's measurement, ReaderError.measure); the nodule type still reads the crop
+    with the annotated size.
     """
     latest, names = latest_ehr(examples)
     scan_mask = _field(examples, "scan_mask").astype(bool)
@@ -196,7 +240,7 @@ def brock_from_examples(
     for key, feature in BROCK_EHR_FEATURES.items():
         column = latest[:, names.index(feature)] if feature in names else np.full(n, np.nan)
         inputs[key] = np.where(np.isnan(column), defaults[key], column)
-    size = _field(examples, "diameter_mm")[:, -1].astype(np.float64)
+    size = latest_diameter(examples)
     crops = _field(examples, "crops_hu")[:, -1]
     types = np.array(
         [
@@ -209,10 +253,51 @@ def brock_from_examples(
         female=inputs["female"],
         family_history=inputs["family_history"],
         emphysema=inputs["emphysema"],
-        size_mm=size,
+        size_mm=size if size_mm is None else np.asarray(size_mm, dtype=np.float64),
         nodule_type=types,
         upper_lobe=np.full(n, defaults["upper_lobe"]),
         nodule_count=np.full(n, defaults["nodule_count"]),
+        spiculation=np.full(n, defaults["spiculation"]),
+    )
+
+
+MAYO_EHR_FEATURES: dict[str, tuple[str, ...]] = {
+    "age_years": ("age_at_scan_years",),
+    "smoker": ("smoking_current", "smoking_former"),
+    "prior_cancer": ("prior_cancer",),
+}
+"""EHR features read by `mayo_from_examples`; smoker is current or former (the max of both)."""
+
+
+def mayo_from_examples(
+    examples: Any,
+    size_mm: np.ndarray | None = None,
+    defaults: Mapping[str, float] = BROCK_DEFAULTS,
+) -> np.ndarray:
+    """Mayo probability per patient from training examples (latest scan).
+
+    Age, smoking (current or former) and prior cancer come from the EHR features (missing:
+    age 62, not a smoker, no prior cancer: an absent code means "not recorded"); the size is
+    `size_mm` or the annotated diameter; upper lobe and spiculation take BROCK_DEFAULTS. Our
+    prior_cancer flag is any Z85 code, not only extrathoracic cancers > 5 years earlier.
+    """
+    latest, names = latest_ehr(examples)
+    n = latest.shape[0]
+    inputs: dict[str, np.ndarray] = {}
+    for key, features in MAYO_EHR_FEATURES.items():
+        columns = [latest[:, names.index(f)] for f in features if f in names]
+        with warnings.catch_warnings():  # all-NaN rows (no EHR at the scan) stay NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            value = np.nanmax(np.stack(columns), axis=0) if columns else np.full(n, np.nan)
+        fallback = defaults["age_years"] if key == "age_years" else 0.0
+        inputs[key] = np.where(np.isnan(value), fallback, value)
+    size = latest_diameter(examples) if size_mm is None else np.asarray(size_mm, np.float64)
+    return mayo_probability(
+        age_years=inputs["age_years"],
+        smoker=inputs["smoker"],
+        prior_cancer=inputs["prior_cancer"],
+        diameter_mm=size,
+        upper_lobe=np.full(n, defaults["upper_lobe"]),
         spiculation=np.full(n, defaults["spiculation"]),
     )
 

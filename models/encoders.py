@@ -31,12 +31,18 @@ Small enough in magnitude to be representable in float16/bfloat16."""
 MAX_PERIOD_MONTHS = 1000.0
 """Longest sin/cos period of the time encoding; the shortest is 2*pi months."""
 
+PATCH_STEMS: tuple[str, ...] = ("linear", "conv")
+
 
 @dataclass(frozen=True)
 class EncoderConfig:
     """Sizes of the encoder; mirrored 1:1 by params.yaml `pretrain` (and crop size by `curate`).
 
     crop_size_vox must be a multiple of patch_size_vox. hu_window = (low, high) HU mapped to [0, 1].
+    patch_stem: "linear" embeds each patch with one strided convolution (ViT patchify);
+    "conv" runs a small convolutional stem inside each patch first (see ConvPatchStem), which
+    learns local shape and edges from few labels (Xiao et al., NeurIPS 2021). stem_width is
+    that stem's first channel count.
     """
 
     n_ehr_features: int
@@ -49,8 +55,14 @@ class EncoderConfig:
     heads: int = 4
     mlp_ratio: float = 4.0
     hu_window: tuple[float, float] = field(default=(-1000.0, 400.0))
+    patch_stem: str = "linear"
+    stem_width: int = 8
 
     def __post_init__(self) -> None:
+        if self.patch_stem not in PATCH_STEMS:
+            raise ValueError(f"EncoderConfig: patch_stem must be one of {PATCH_STEMS}")
+        if self.patch_stem == "conv" and (self.patch_size_vox % 2 or self.stem_width < 1):
+            raise ValueError("EncoderConfig: the conv stem needs an even patch size, width >= 1")
         if self.crop_size_vox % self.patch_size_vox:
             raise ValueError("EncoderConfig: crop_size_vox must be a multiple of patch_size_vox")
         if self.embed_dim % self.heads or self.embed_dim % 2:
@@ -96,6 +108,8 @@ class EncoderConfig:
             embed_dim=int(pretrain["embed_dim"]),
             depth=int(pretrain["depth"]),
             heads=int(pretrain["heads"]),
+            patch_stem=str(pretrain.get("patch_stem", "linear")),
+            stem_width=int(pretrain.get("stem_width", 8)),
         )
 
     def to_dict(self) -> dict:
@@ -202,6 +216,54 @@ class TransformerBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+class ConvPatchStem(nn.Module):
+    """Patch embedding by a small 3D CNN run inside each patch: [B, 1, S, S, S] -> [B, P, D].
+
+    Each p^3 patch is cut out first and convolved on its own (zero padding at its border),
+    so a token depends only on its own voxels, exactly as with linear patchify: JEPA's
+    masking stays leak-free (a context token never sees a masked neighbour's voxels). Layers:
+    conv 3^3 (w ch) -> GELU -> conv 3^3 stride 2 (2w) -> GELU -> conv (p/2)^3 -> D. Patches come
+    out in z-y-x raster order, like the flattened output of a strided convolution.
+    """
+
+    def __init__(self, patch_size_vox: int, embed_dim: int, width: int) -> None:
+        super().__init__()
+        self.patch = patch_size_vox
+        self.layers = nn.Sequential(
+            nn.Conv3d(1, width, kernel_size=3, padding=1),
+            nn.GELU(),
+            nn.Conv3d(width, 2 * width, kernel_size=3, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv3d(2 * width, embed_dim, kernel_size=patch_size_vox // 2),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, s, _, _ = x.shape
+        p = self.patch
+        g = s // p
+        cubes = x.reshape(b, g, p, g, p, g, p).permute(0, 1, 3, 5, 2, 4, 6)
+        out = self.layers(cubes.reshape(b * g**3, 1, p, p, p))  # [b*P, D, 1, 1, 1]
+        return out.reshape(b, g**3, -1)
+
+
+class LinearPatchEmbed(nn.Module):
+    """ViT patchify: one strided convolution, [B, 1, S, S, S] -> [B, P, D] (z-y-x raster)."""
+
+    def __init__(self, patch_size_vox: int, embed_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv3d(1, embed_dim, kernel_size=patch_size_vox, stride=patch_size_vox)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+def patch_embedding(config: EncoderConfig) -> nn.Module:
+    """The tokenizer named by config.patch_stem."""
+    if config.patch_stem == "conv":
+        return ConvPatchStem(config.patch_size_vox, config.embed_dim, config.stem_width)
+    return LinearPatchEmbed(config.patch_size_vox, config.embed_dim)
+
+
 def init_weights(module: nn.Module) -> None:
     """I-JEPA style init: truncated normal (std 0.02) linear/conv weights, zero biases, unit norms."""
     if isinstance(module, nn.Linear | nn.Conv3d):
@@ -225,7 +287,7 @@ class MultimodalEncoder(nn.Module):
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
         self.config = config
-        d, p = config.embed_dim, config.patch_size_vox
+        d = config.embed_dim
         layout = TokenLayout.from_config(config)
         self.register_buffer("token_modality", layout.modality, persistent=False)
         self.register_buffer("token_time_index", layout.time_index, persistent=False)
@@ -239,7 +301,7 @@ class MultimodalEncoder(nn.Module):
         self.register_buffer("ehr_mean", torch.zeros(config.n_ehr_features))
         self.register_buffer("ehr_std", torch.ones(config.n_ehr_features))
 
-        self.patch_embed = nn.Conv3d(1, d, kernel_size=p, stride=p)
+        self.patch_embed = patch_embedding(config)
         self.ehr_embed = nn.Linear(config.n_ehr_features, config.ehr_tokens * d)
         self.time_proj = nn.Linear(d, d, bias=False)
         self.patch_pos_embedding = nn.Parameter(torch.zeros(config.patches_per_scan, d))
@@ -319,8 +381,8 @@ class MultimodalEncoder(nn.Module):
         x = (crops_hu.float() - low) / (high - low)
         x = torch.clamp(x, 0.0, 1.0) * scan[:, :, None, None, None].float()
         s = cfg.crop_size_vox
-        patches = self.patch_embed(x.reshape(b * t, 1, s, s, s))  # [B*T, D, g, g, g]
-        patches = patches.flatten(2).transpose(1, 2).reshape(b, t, cfg.patches_per_scan, -1)
+        patches = self.patch_embed(x.reshape(b * t, 1, s, s, s))  # [B*T, P, D]
+        patches = patches.reshape(b, t, cfg.patches_per_scan, -1)
 
         available = (scan & ehr_mask.bool())[:, :, None]
         z = (ehr.float() - self.ehr_mean) / self.ehr_std

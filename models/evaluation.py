@@ -24,6 +24,8 @@ MODELS: tuple[str, ...] = (
     "multimodal",
     "imaging_only",
     "clinical_brock",
+    "clinical_mayo",
+    "oracle_brock",
     "clinical_refit",
     "jepa_probe",
 )
@@ -320,3 +322,115 @@ def combine_cohort_results(per_cohort: dict[str, dict[str, Any]]) -> dict[str, A
         delong[cohort] = dict(results.get("delong", {}))
     combined["delong"] = delong
     return combined
+
+
+def holm_adjust(p_values: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1), input order kept."""
+    m = len(p_values)
+    order = np.argsort(p_values, kind="stable")
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * float(p_values[i])))
+        adjusted[i] = running
+    return adjusted.tolist()
+
+
+def compare_paired(
+    y: np.ndarray,
+    p_a: np.ndarray,
+    p_b: np.ndarray,
+    n_replicates: int,
+    seed: int,
+    alpha: float = 0.05,
+) -> dict[str, Any]:
+    """AUC(a) - AUC(b) on the same patients: difference, paired percentile bootstrap CI, DeLong p.
+
+    Both models are bootstrapped with one seed, so each replicate resamples the same
+    patients for both and the interval is of the paired difference.
+    """
+    aucs_a, _ = bootstrap_aucs(y, p_a, n_replicates, seed)
+    aucs_b, _ = bootstrap_aucs(y, p_b, n_replicates, seed)
+    if aucs_a.size == 0:
+        raise ValueError("every bootstrap replicate drew a single class; no interval")
+    lo, hi = np.quantile(aucs_a - aucs_b, [alpha / 2.0, 1.0 - alpha / 2.0])
+    test = delong_test(y, p_a, p_b)
+    return {
+        "auc_a": test.auc_a,
+        "auc_b": test.auc_b,
+        "diff": test.diff,
+        "ci": [float(lo), float(hi)],
+        "p": test.p_value,
+        "n": int(np.asarray(y).shape[0]),
+    }
+
+
+def preregistered_comparisons(
+    labels: dict[str, np.ndarray],
+    predictions: dict[str, dict[str, np.ndarray]],
+    spec: dict[str, Any],
+    n_replicates: int,
+    seed: int,
+) -> dict[str, Any]:
+    """The comparisons params.yaml `evaluate.comparisons` fixed before any run.
+
+    spec: {"primary": {cohort, model, versus}, "secondary": [...], "alpha": a}. The primary
+    is tested alone at alpha; the secondary p-values are Holm-adjusted together. A
+    comparison naming a model the run did not produce is reported as missing, not dropped.
+    """
+    alpha = float(spec.get("alpha", 0.05))
+
+    def one(item: dict[str, str]) -> dict[str, Any]:
+        cohort, a, b = item["cohort"], item["model"], item["versus"]
+        entry: dict[str, Any] = {"cohort": cohort, "model": a, "versus": b}
+        by_model = predictions.get(cohort, {})
+        if a not in by_model or b not in by_model:
+            return {**entry, "missing": True}
+        result = compare_paired(labels[cohort], by_model[a], by_model[b], n_replicates, seed, alpha)
+        return {**entry, **result}
+
+    primary = one(spec["primary"])
+    if "p" in primary:
+        primary["significant"] = bool(primary["p"] < alpha)
+    secondary = [one(item) for item in spec.get("secondary", [])]
+    tested = [c for c in secondary if "p" in c]
+    for c, adjusted in zip(tested, holm_adjust([c["p"] for c in tested]), strict=True):
+        c["p_holm"] = adjusted
+        c["significant"] = bool(adjusted < alpha)
+    return {"alpha": alpha, "primary": primary, "secondary": secondary}
+
+
+def label_efficiency_summary(
+    frame: pd.DataFrame, n_replicates: int, seed: int, reference: str = "jepa"
+) -> dict[str, Any]:
+    """Out-of-fold AUC (bootstrap CI) per model and label fraction, and reference - other p.
+
+    frame: label_efficiency_frame's long table (fraction, model, patient_id, label,
+    probability). Returns {"fractions": [...], "models": {model: [{fraction, auc, ci, n}]},
+    "delong": {fraction: {f"{reference}_vs_{model}": p}}}.
+    """
+    out: dict[str, Any] = {"fractions": [], "models": {}, "delong": {}}
+    if frame.empty:
+        return out
+    fractions = sorted(frame["fraction"].unique().tolist())
+    out["fractions"] = [float(f) for f in fractions]
+    for fraction in fractions:
+        at = frame[frame["fraction"] == fraction]
+        by_model = {m: rows.sort_values("patient_id") for m, rows in at.groupby("model", sort=True)}
+        for model, rows in by_model.items():
+            y, p = rows["label"].to_numpy(), rows["probability"].to_numpy()
+            lo, hi = bootstrap_auc_ci(y, p, n_replicates, seed)
+            out["models"].setdefault(model, []).append(
+                {"fraction": float(fraction), "auc": roc_auc(y, p), "ci": [lo, hi], "n": len(y)}
+            )
+        if reference in by_model:
+            ref = by_model[reference]
+            out["delong"][f"{float(fraction):g}"] = {
+                f"{reference}_vs_{m}": delong_test(
+                    ref["label"].to_numpy(), ref["probability"].to_numpy(),
+                    rows["probability"].to_numpy(),
+                ).p_value
+                for m, rows in by_model.items()
+                if m != reference
+            }  # fmt: skip
+    return out

@@ -166,7 +166,7 @@ def finetune(
     encoder_flags = [p.requires_grad for p in model.encoder.parameters()]
     if config.freeze_encoder:
         model.encoder.requires_grad_(False)
-    groups = param_groups(model.head, config.weight_decay, prefix="head")
+    groups = param_groups(model.head_modules(), config.weight_decay, prefix="head")
     if not config.freeze_encoder:
         groups += param_groups(
             model.encoder, config.weight_decay, config.encoder_lr_scale, prefix="encoder"
@@ -271,6 +271,7 @@ def save_model(model: DiagnosticModel, path: Path, card: dict) -> None:
         "format": MODEL_FORMAT,
         "encoder_config": model.encoder.config.to_dict(),
         "modalities": model.modalities,
+        "readout": model.readout,
     }
     save_weights(model.state_dict(), path, {**config, "card": card})
     atomic_write_json(path.with_suffix(".json"), {**config, "card": card})
@@ -282,7 +283,8 @@ def load_model(path: Path) -> DiagnosticModel:
     if header.get("format") != MODEL_FORMAT:
         raise ValueError(f"{path}: not a LungJEPA diagnostic model file")
     encoder = MultimodalEncoder(EncoderConfig.from_dict(header["encoder_config"]))
-    model = DiagnosticModel(encoder, header["modalities"])
+    # files written before readouts existed used the mean readout
+    model = DiagnosticModel(encoder, header["modalities"], header.get("readout", "mean"))
     model.load_state_dict(load_weights(Path(path)), strict=True)
     return model.eval()
 

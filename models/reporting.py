@@ -29,10 +29,16 @@ MODEL_LABELS: dict[str, str] = {
     "jepa": "JEPA-pretrained, finetuned",
     "multimodal": "Multimodal, unregularized (from scratch)",
     "imaging_only": "Imaging-only",
-    "clinical_brock": "Brock/PanCan (published coefficients)",
+    "clinical_brock": "Brock/PanCan (published coefficients, reader-measured size)",
+    "clinical_mayo": "Mayo Clinic (published coefficients, reader-measured size)",
+    "oracle_brock": "ORACLE: Brock on the generator's exact size",
     "clinical_refit": "Clinical logistic refit (EHR)",
     "jepa_probe": "JEPA linear probe (frozen encoder)",
 }
+CALIBRATION_MODELS: tuple[str, ...] = ("jepa", "multimodal", "imaging_only", "clinical_brock")
+"""Models drawn in the reliability plots (more lines would hide each other)."""
+NON_COHORT_KEYS: tuple[str, ...] = ("delong", "comparisons", "label_efficiency", "protocol")
+"""Top-level keys of evaluation.json that are not cohorts."""
 COHORT_LABELS: dict[str, str] = {"internal": "Internal cohort", "external": "External cohort"}
 REQUIRED_PROVENANCE: tuple[str, ...] = ("command", "data_version", "encoder_version", "date")
 
@@ -134,8 +140,12 @@ def results_markdown(
     drift: Mapping[str, Any] | None = None,
     agreement: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
     probe: Mapping[str, float] | None = None,
+    ablation: Mapping[str, Any] | None = None,
 ) -> str:
     """Render docs/RESULTS.md from metrics/evaluation.json (combine_cohort_results shape).
+
+    evaluation may also hold "protocol", "comparisons" (preregistered_comparisons) and
+    "label_efficiency" (label_efficiency_summary); ablation is metrics/ablation.json.
 
     agreement: per cohort, rank_agreement of the models' predictions (a Spearman matrix).
     probe: the encoder card's frozen-encoder probes (pretrained vs random initialisation).
@@ -150,7 +160,7 @@ def results_markdown(
     missing = [k for k in REQUIRED_PROVENANCE if k not in provenance]
     if missing:
         raise KeyError(f"provenance lacks {missing}")
-    cohorts = [c for c in evaluation if c != "delong"]
+    cohorts = [c for c in evaluation if c not in NON_COHORT_KEYS]
     delong = evaluation.get("delong", {})
     out = [
         "# Results",
@@ -172,13 +182,24 @@ def results_markdown(
         for key, value in provenance.items()
         if key not in REQUIRED_PROVENANCE
     ]
+    protocol = evaluation.get("protocol")
+    if protocol:
+        out += [
+            "",
+            f"Internal: {protocol['repeats']} x {protocol['folds']}-fold stratified "
+            "cross-validation; every labeled patient's prediction comes from models that never "
+            "saw them (out of fold). External: the ensemble of every fold model.",
+        ]
     out += [
         "",
         "AUC: malignant vs benign, one prediction per patient. 95% CI: percentile bootstrap "
         "over patients. Brier: mean squared error of the probability (n/a for scores that "
         f"are not probabilities). Paper AUC: published values ({PAPER_SOURCE}), for "
-        "comparison only; their cohorts are not ours.",
+        "comparison only; their cohorts are not ours. Brock and Mayo read a diameter with a "
+        "reader's measurement error (docs/SYNTHETIC.md); the ORACLE row reads the exact size.",
     ]
+    if evaluation.get("comparisons"):
+        out += ["", _comparisons_section(evaluation["comparisons"])]
     for cohort in cohorts:
         out += [
             "",
@@ -188,6 +209,10 @@ def results_markdown(
         ]
         if delong.get(cohort):
             out += ["", f"DeLong tests, {cohort}:", "", _delong_table(delong[cohort])]
+    if evaluation.get("label_efficiency", {}).get("models"):
+        out += ["", _label_efficiency_section(evaluation["label_efficiency"])]
+    if ablation:
+        out += ["", _ablation_section(ablation)]
     if probe:
         out += ["", _probe_section(probe)]
     if agreement:
@@ -197,6 +222,88 @@ def results_markdown(
     if study is not None:
         out += ["", _study_section(study)]
     return "\n".join(out) + "\n"
+
+
+def _comparison_row(role: str, c: Mapping[str, Any]) -> str:
+    name = f"{c['cohort']}: `{c['model']}` vs `{c['versus']}`"
+    if c.get("missing"):
+        return f"| {role} | {name} | not produced by this run | | | |"
+    lo, hi = c["ci"]
+    p_holm = _fmt_p(c["p_holm"]) if "p_holm" in c else "(tested alone)"
+    return (
+        f"| {role} | {name} | {_fmt(c['auc_a'])} vs {_fmt(c['auc_b'])} "
+        f"| {c['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {_fmt_p(c['p'])} | {p_holm} |"
+    )
+
+
+def _comparisons_section(comparisons: Mapping[str, Any]) -> str:
+    """The pre-registered comparisons (params.yaml `evaluate.comparisons`)."""
+    lines = [
+        "## Pre-registered comparisons",
+        "",
+        "Fixed in params.yaml before the runs. Paired DeLong on the same patients (all labeled "
+        "internal patients, out of fold; or the external cohort); the CI is the paired "
+        f"percentile bootstrap of the difference. alpha = {comparisons['alpha']}; the "
+        "secondary p-values are Holm-adjusted together.",
+        "",
+        "| role | comparison | AUCs | difference [95% CI] | p | p (Holm) |",
+        "|---|---|---|---|---|---|",
+        _comparison_row("primary", comparisons["primary"]),
+    ]
+    lines += [_comparison_row("secondary", c) for c in comparisons.get("secondary", [])]
+    return "\n".join(lines)
+
+
+def _label_efficiency_section(curve: Mapping[str, Any]) -> str:
+    """Out-of-fold internal AUC at each fraction of the labeled training folds."""
+    fractions = curve["fractions"]
+    lines = [
+        "## Label efficiency",
+        "",
+        "Internal AUC (out of fold, all labeled patients tested) when each model is trained on "
+        "a stratified fraction of every training fold; validation parts and test folds "
+        "unchanged. Figure: `metrics/label_efficiency.png`.",
+        "",
+        "| model | " + " | ".join(f"{f:.0%} of labels" for f in fractions) + " |",
+        "|---|" + "---|" * len(fractions),
+    ]
+    for model, points in curve["models"].items():
+        by_fraction = {p["fraction"]: p for p in points}
+        cells = [
+            f"{_fmt(by_fraction[f]['auc'])} [{_fmt(by_fraction[f]['ci'][0])}, "
+            f"{_fmt(by_fraction[f]['ci'][1])}]"
+            if f in by_fraction
+            else "n/a"
+            for f in fractions
+        ]
+        lines.append(f"| {MODEL_LABELS.get(model, model)} | " + " | ".join(cells) + " |")
+    if curve.get("delong"):
+        lines += ["", "Paired DeLong p at each fraction:", ""]
+        for fraction, tests in curve["delong"].items():
+            text = ", ".join(f"`{k}` {_fmt_p(float(p))}" for k, p in tests.items())
+            lines.append(f"- {float(fraction):.0%}: {text}")
+    return "\n".join(lines)
+
+
+def _ablation_section(ablation: Mapping[str, Any]) -> str:
+    """Readout / tokenizer ablation (metrics/ablation.json from `lungjepa ablation`)."""
+    lines = [
+        "## Readout and tokenizer ablation",
+        "",
+        str(ablation.get("note", "")),
+        "",
+        "| readout | patch stem | model | internal AUC (OOF) [95% CI] | n | finetuning s / fold |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in ablation.get("rows", []):
+        lines.append(
+            f"| `{row['readout']}` | `{row['patch_stem']}` | `{row['model']}` "
+            f"| {_fmt(row['auc'])} [{_fmt(row['ci'][0])}, {_fmt(row['ci'][1])}] | {row['n']} "
+            f"| {_fmt(row['seconds_per_fold'], 1)} |"
+        )
+    if ablation.get("provenance"):
+        lines += ["", f"Measured by `{ablation['provenance']}`."]
+    return "\n".join(lines)
 
 
 def _probe_section(probe: Mapping[str, float]) -> str:
@@ -335,4 +442,25 @@ def plot_reliability(
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.legend(loc="upper left", fontsize=7)
+    _save_figure(fig, path)
+
+
+def plot_label_efficiency(curve: Mapping[str, Any], path: Path) -> None:
+    """Out-of-fold internal AUC vs fraction of labeled training data, with 95% CIs."""
+    fig = Figure(figsize=(5.0, 4.0))
+    ax = fig.subplots()
+    for model, points in curve["models"].items():
+        x = [p["fraction"] * 100 for p in points]
+        y = [p["auc"] for p in points]
+        low = [p["auc"] - p["ci"][0] for p in points]
+        high = [p["ci"][1] - p["auc"] for p in points]
+        ax.errorbar(
+            x, y, yerr=[low, high], marker="o", capsize=3, label=MODEL_LABELS.get(model, model)
+        )
+    ax.set(
+        xlabel="labeled training data used (% of each training fold)",
+        ylabel="internal AUC (out of fold)",
+        title="Label efficiency",
+    )
+    ax.legend(loc="lower right", fontsize=7)
     _save_figure(fig, path)

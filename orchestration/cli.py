@@ -156,6 +156,55 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablation(args: argparse.Namespace) -> int:
+    """Readout x patch-stem variants on the pipeline's examples, out of fold; then RESULTS.md."""
+    from cohorts.files import atomic_write_json
+    from models.ablation import run_ablation
+    from models.data import load_examples
+    from models.jepa.pretrain import encoder_config_for
+    from orchestration.assets.evaluation import DiagnosticConfig
+    from orchestration.assets.training import PretrainRunConfig
+    from orchestration.resources import PipelinePaths
+
+    paths = PipelinePaths()
+    try:
+        internal = load_examples(paths.examples("internal"))
+        external = load_examples(paths.examples("external"))
+    except FileNotFoundError as error:
+        print(f"lungjepa ablation: {error}; run `make demo` first", file=sys.stderr)
+        return 2
+    settings = section("ablation")
+    evaluate = section("evaluate")
+    encoder = encoder_config_for(internal, PretrainRunConfig().domain("cpu"))
+    start = time.perf_counter()
+    rows = run_ablation(
+        internal,
+        external,
+        encoder,
+        DiagnosticConfig().domain(),
+        [tuple(v) for v in settings["variants"]],
+        models=settings["models"],
+        n_replicates=evaluate["bootstrap_replicates"],
+        seed=evaluate["seed"],
+        progress=print,
+    )
+    profile = os.environ.get(PROFILE_ENV)
+    command = "lungjepa ablation" if not profile else f"lungjepa --profile {profile} ablation"
+    atomic_write_json(
+        paths.metrics / "ablation.json",
+        {
+            "note": "Out-of-fold internal AUC of from-scratch models that differ only in the "
+            "readout (what the head reads from the latest scan's tokens) and the patch stem "
+            "(how a patch becomes a token); same folds, seeds and finetuning recipe as the "
+            "pipeline's diagnostic models.",
+            "provenance": f"{command} ({time.perf_counter() - start:.0f} s)",
+            "rows": rows,
+        },
+    )
+    # RESULTS.md is rendered by the evaluation asset, which reads metrics/ablation.json
+    return 0 if materialize(["evaluation"]).success else 1
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """Torch-free: reads DICOM with the curation code, Feast online features, verified ONNX.
 
@@ -255,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--seeds", help="comma-separated, default params.yaml study.seeds")
     study.add_argument("--out", help="folder for the cells' data (default data/study)")
     study.set_defaults(func=cmd_study)
+
+    sub.add_parser(
+        "ablation", help="readout / tokenizer ablation, out of fold (metrics/ablation.json)"
+    ).set_defaults(func=cmd_ablation)
 
     synth = sub.add_parser("synth", help="write a synthetic raw archive")
     synth.add_argument("--out", required=True)

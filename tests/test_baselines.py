@@ -8,9 +8,11 @@ import pytest
 from models.baselines import (
     BROCK_DEFAULTS,
     NODULE_TYPES,
+    ReaderError,
     brock_from_examples,
     brock_probability,
     clinical_refit_model,
+    mayo_from_examples,
     mayo_probability,
     nodule_type_from_crop,
 )
@@ -136,3 +138,52 @@ def test_baselines_accept_an_example_set() -> None:
     assert roc_auc(test.label, brock) > 0.7
     refit = clinical_refit_model(train, test)
     assert refit.shape == (40,) and roc_auc(test.label, refit) > 0.7
+
+
+def test_reader_error_is_per_patient_whole_mm_and_about_a_millimetre() -> None:
+    reader = ReaderError()
+    true = np.full(4000, 10.0)
+    ids = np.array([f"p{i}" for i in range(4000)])
+    measured = reader.measure(true, ids)
+    assert np.all(measured == np.round(measured)) and measured.min() >= 1.0
+    error = measured - true
+    assert abs(error.mean()) < 0.1
+    assert 1.0 < error.std() < 1.4  # sqrt(1.0^2 + (0.05 * 10)^2) = 1.12, plus rounding
+    np.testing.assert_array_equal(reader.measure(true[:10], ids[:10]), measured[:10])
+    assert not np.array_equal(ReaderError(seed=1).measure(true, ids), measured)
+    with pytest.raises(ValueError, match="one diameter per patient"):
+        reader.measure(true, ids[:3])
+
+
+def test_mayo_from_examples_reads_smoking_and_prior_cancer() -> None:
+    ex = _examples(5, 3)
+    names = ["age_at_scan_years", "smoking_current", "smoking_former", "prior_cancer"]
+    ex["ehr_feature_names"] = np.array(names)
+    ex["ehr"] = ex["ehr"][..., :4].copy()
+    ex["ehr"][:, -1, :] = [
+        [70, 0, 1, 1],
+        [50, 1, 0, 0],
+        [60, 0, 0, 0],
+        [80, 1, 1, 0],
+        [65, 0, 0, 1],
+    ]
+    size = np.array([5.0, 8.0, 12.0, 20.0, 9.0])
+    expected = mayo_probability(
+        np.array([70, 50, 60, 80, 65.0]), np.array([1, 1, 0, 1, 0.0]), np.array([1, 0, 0, 0, 1.0]),
+        size, BROCK_DEFAULTS["upper_lobe"], BROCK_DEFAULTS["spiculation"],
+    )  # fmt: skip
+    np.testing.assert_allclose(mayo_from_examples(ex, size_mm=size), expected)
+    ex["ehr_mask"][:, -1] = False  # no EHR: age 62, non-smoker, no prior cancer
+    fallback = mayo_probability(62.0, 0.0, 0.0, size, 0.5, 0.0)
+    np.testing.assert_allclose(mayo_from_examples(ex, size_mm=size), fallback)
+
+
+def test_brock_on_a_measured_size_differs_from_the_oracle() -> None:
+    ex = _examples(50, 4)
+    exact = brock_from_examples(ex)
+    measured = ReaderError().measure(
+        ex["diameter_mm"][:, -1], np.array([str(i) for i in range(50)])
+    )
+    noisy = brock_from_examples(ex, size_mm=measured)
+    assert not np.allclose(exact, noisy)
+    np.testing.assert_allclose(brock_from_examples(ex, size_mm=ex["diameter_mm"][:, -1]), exact)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from system_tools import require_tool
 
 from orchestration.params import REPO_ROOT, params_path
 
@@ -172,7 +173,7 @@ def chromium(profile_dir: Path):
     from selenium.webdriver.chrome.service import Service
 
     for binary in (CHROMIUM, CHROMEDRIVER):
-        assert binary.is_file(), f"{binary} missing: apt-get install -y chromium chromium-driver"
+        assert require_tool(binary.name) == str(binary), f"expected Debian's {binary}"
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}"]:

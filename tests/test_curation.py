@@ -14,6 +14,7 @@ import pydicom
 import pytest
 from dicom_factory import PHI, write_ct_series
 from pydicom.data import get_testdata_file
+from system_tools import require_tool
 
 from cohorts.dicom import (
     CurationConfig,
@@ -142,11 +143,11 @@ def test_hu_and_orientation(
         assert (volume.hu[:, :2] == -1024).all()  # padding 4095 would be 3071 HU otherwise
 
 
-@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools not installed")
 @pytest.mark.parametrize("transfer_syntax", ["explicit", "rle", "j2k"])
 def test_factory_files_pass_dciodvfy(tmp_path: Path, transfer_syntax: str) -> None:
     spec = write_ct_series(tmp_path, n_slices=2, transfer_syntax=transfer_syntax)
-    result = subprocess.run(["dciodvfy", str(spec.paths[0])], capture_output=True, text=True)
+    exe = require_tool("dciodvfy")
+    result = subprocess.run([exe, str(spec.paths[0])], capture_output=True, text=True)
     report = result.stdout + result.stderr
     assert "Error" not in report, report
 

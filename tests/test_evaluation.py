@@ -14,14 +14,24 @@ from models.evaluation import (
     bootstrap_aucs,
     brier_score,
     combine_cohort_results,
+    compare_paired,
     delong_test,
     evaluate_models,
+    holm_adjust,
+    label_efficiency_summary,
+    preregistered_comparisons,
     rank_agreement,
     reliability_curve,
     roc_auc,
     roc_curve_points,
 )
-from models.reporting import PAPER_AUC, plot_reliability, plot_roc, results_markdown
+from models.reporting import (
+    PAPER_AUC,
+    plot_label_efficiency,
+    plot_reliability,
+    plot_roc,
+    results_markdown,
+)
 
 
 def _labels_and_scores(n: int, seed: int, signal: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -233,3 +243,101 @@ def test_results_markdown_and_plots(tmp_path: Path) -> None:
     for png in (roc_png, rel_png):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_holm_adjustment_by_hand() -> None:
+    # sorted 0.01, 0.02, 0.04 -> 3*0.01, max(0.03, 2*0.02), max(0.04, 1*0.04)
+    assert holm_adjust([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert holm_adjust([0.6, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_paired_comparison_interval_and_delong() -> None:
+    y, good = _labels_and_scores(300, 7, signal=2.0)
+    rng = np.random.default_rng(1)
+    weak = good + rng.normal(0, 2.0, size=300)
+    c = compare_paired(y, good, weak, n_replicates=300, seed=0)
+    assert c["diff"] == pytest.approx(roc_auc(y, good) - roc_auc(y, weak))
+    assert 0 < c["ci"][0] < c["diff"] < c["ci"][1] and c["p"] < 0.01
+    same = compare_paired(y, good, good, n_replicates=50, seed=0)
+    assert same["diff"] == 0 and same["ci"] == [0.0, 0.0] and same["p"] == 1.0
+
+
+def test_preregistered_comparisons_follow_the_spec() -> None:
+    y, good = _labels_and_scores(200, 3, signal=2.0)
+    rng = np.random.default_rng(2)
+    preds = {
+        "jepa": good,
+        "multimodal": good + rng.normal(0, 1, 200),
+        "imaging_only": rng.random(200),
+    }
+    spec = {
+        "primary": {"cohort": "internal", "model": "jepa", "versus": "multimodal"},
+        "secondary": [
+            {"cohort": "internal", "model": "jepa", "versus": "imaging_only"},
+            {"cohort": "internal", "model": "multimodal", "versus": "imaging_only"},
+            {"cohort": "internal", "model": "jepa", "versus": "clinical_brock"},
+        ],
+        "alpha": 0.05,
+    }
+    out = preregistered_comparisons({"internal": y}, {"internal": preds}, spec, 100, 0)
+    assert out["primary"]["versus"] == "multimodal" and "p_holm" not in out["primary"]
+    tested = [c for c in out["secondary"] if "p" in c]
+    assert len(tested) == 2 and out["secondary"][2] == {**spec["secondary"][2], "missing": True}
+    assert [c["p_holm"] for c in tested] == pytest.approx(holm_adjust([c["p"] for c in tested]))
+    assert tested[0]["significant"] and json.dumps(out)
+
+
+def test_label_efficiency_summary_per_fraction() -> None:
+    y, p = _labels_and_scores(120, 5, signal=1.5)
+    rng = np.random.default_rng(0)
+    rows = []
+    for fraction, noise in ((0.25, 3.0), (1.0, 0.1)):
+        for model in ("jepa", "multimodal"):
+            rows.append(pd.DataFrame({
+                "fraction": fraction, "model": model, "patient_id": [f"p{i}" for i in range(120)],
+                "label": y, "probability": p + rng.normal(0, noise, 120),
+            }))  # fmt: skip
+    frame = pd.concat(rows, ignore_index=True).sample(frac=1.0, random_state=0)  # any row order
+    out = label_efficiency_summary(frame, n_replicates=100, seed=0)
+    assert out["fractions"] == [0.25, 1.0]
+    jepa = {pt["fraction"]: pt for pt in out["models"]["jepa"]}
+    assert jepa[0.25]["auc"] < jepa[1.0]["auc"] and jepa[1.0]["n"] == 120
+    order = frame[(frame.fraction == 1.0) & (frame.model == "jepa")].sort_values("patient_id")
+    assert jepa[1.0]["auc"] == pytest.approx(
+        roc_auc(order["label"].to_numpy(), order["probability"].to_numpy())
+    )
+    assert set(out["delong"]["0.25"]) == {"jepa_vs_multimodal"}
+    assert label_efficiency_summary(pd.DataFrame(), 10, 0)["models"] == {}
+
+
+def test_results_markdown_reports_protocol_comparisons_curve_and_ablation(tmp_path: Path) -> None:
+    y, p = _labels_and_scores(150, 9, signal=1.5)
+    rng = np.random.default_rng(3)
+    preds = {"jepa": p, "multimodal": p + rng.normal(0, 1, 150), "imaging_only": rng.random(150)}
+    evaluation = combine_cohort_results(
+        {"internal": evaluate_models(y, preds, reference="jepa", n_replicates=50)}
+    )
+    spec = {"primary": {"cohort": "internal", "model": "jepa", "versus": "multimodal"},
+            "secondary": [{"cohort": "internal", "model": "jepa", "versus": "imaging_only"}]}  # fmt: skip
+    evaluation["comparisons"] = preregistered_comparisons(
+        {"internal": y}, {"internal": preds}, spec, 50, 0
+    )
+    frame = pd.DataFrame({"fraction": 0.5, "model": "jepa", "patient_id": np.arange(150).astype(str),
+                          "label": y, "probability": p})  # fmt: skip
+    evaluation["label_efficiency"] = label_efficiency_summary(frame, 50, 0)
+    evaluation["protocol"] = {"folds": 5, "repeats": 2, "internal": "out-of-fold", "external": "x"}
+    ablation = {"note": "same folds", "provenance": "lungjepa ablation (3 s)", "rows": [
+        {"readout": "mean", "patch_stem": "linear", "model": "imaging_only", "auc": 0.7512,
+         "ci": [0.65, 0.84], "n": 150, "external_auc": 0.6, "seconds_per_fold": 12.34}]}  # fmt: skip
+    provenance = {"command": "c", "data_version": "d", "encoder_version": "e", "date": "t"}
+    text = results_markdown(evaluation, PAPER_AUC, None, provenance, ablation=ablation)
+    primary = evaluation["comparisons"]["primary"]
+    assert "2 x 5-fold stratified cross-validation" in text
+    assert "## Pre-registered comparisons" in text and f"{primary['diff']:+.3f}" in text
+    assert "(tested alone)" in text
+    assert "## Label efficiency" in text and "50% of labels" in text
+    assert "| `mean` | `linear` | `imaging_only` | 0.751 [0.650, 0.840] | 150 | 12.3 |" in text
+    assert "protocol" not in [line.strip("# ") for line in text.splitlines()]  # not a cohort
+    png = tmp_path / "curve.png"
+    plot_label_efficiency(evaluation["label_efficiency"], png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

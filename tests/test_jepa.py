@@ -15,10 +15,17 @@ from torch import nn
 
 from models.data import FIELDS, random_examples
 from models.encoders import EncoderConfig, MultimodalEncoder, load_encoder
-from models.jepa.ema import ema_update, make_target_encoder, momentum_at
+from models.jepa.ema import (
+    ema_update,
+    init_weight_left,
+    make_target_encoder,
+    momentum_at,
+    relative_distances,
+    scaled_momentum,
+)
 from models.jepa.loss import jepa_loss, normalise_targets
 from models.jepa.masks import EHR, IMAGE, MaskConfig, MultimodalMaskGenerator
-from models.jepa.model import MultimodalJEPA
+from models.jepa.model import MultimodalJEPA, gather_tokens
 from models.jepa.monitor import collapse_stats, effective_rank, embedding_std, is_collapsed
 from models.jepa.predictor import JEPAPredictor
 from models.jepa.pretrain import (
@@ -91,13 +98,9 @@ def test_masks_disjoint_nonempty_valid_and_cover_every_modality_and_time() -> No
                 targeted.add((m, t))
             mods = set(layout.modality[t_idx].tolist())
             times = set(layout.time_index[t_idx].tolist())
-            if mods == {EHR} and len(times) == 1:
-                t = times.pop()
-                whole_ehr |= bool(
-                    (
-                        t_idx == (valid[b] & (layout.modality == EHR) & (layout.time_index == t))
-                    ).all()
-                )
+            ehr_valid = valid[b] & (layout.modality == EHR)
+            if mods == {EHR} and len(set(layout.time_index[ehr_valid].tolist())) > 1:
+                whole_ehr |= bool((t_idx == ehr_valid).all())  # every time point's EHR hidden
             if mods == {IMAGE}:
                 whole_image |= bool((t_idx == (valid[b] & (layout.modality == IMAGE))).all()) and (
                     len(set(layout.time_index[valid[b] & (layout.modality == IMAGE)].tolist())) > 1
@@ -119,6 +122,30 @@ def test_masks_seeded_per_step_and_rank() -> None:
     c3, t3 = generator(valid, step=5, rank=1)
     assert torch.equal(c1, c2) and torch.equal(t1, t2)
     assert not (torch.equal(c1, c3) and torch.equal(t1, t3))
+
+
+def test_tube_masks_hide_the_same_patches_at_every_scan() -> None:
+    """A target block has no twin in the context: the same patches go at every time point."""
+    encoder = tiny_encoder(timepoints=3, crop=32)
+    layout = encoder.layout
+    tube = MultimodalMaskGenerator.from_layout(
+        layout, MaskConfig(strategy_weights=(1.0, 0.0, 0.0), n_target_blocks=1)
+    )
+    valid = (layout.modality == IMAGE).unsqueeze(0).repeat(50, 1)
+    context, target = tube(valid, step=0)
+    for b in range(50):
+        per_time = [
+            set(layout.patch_index[target[b] & (layout.time_index == t)].tolist()) for t in range(3)
+        ]
+        assert per_time[0] and per_time[0] == per_time[1] == per_time[2]
+        hidden = per_time[0]
+        seen = set(layout.patch_index[context[b]].tolist())
+        assert not hidden & seen  # no time point shows a hidden patch
+    single = MultimodalMaskGenerator.from_layout(
+        layout, MaskConfig(strategy_weights=(1.0, 0.0, 0.0), n_target_blocks=1, tube=False)
+    )
+    _, target = single(valid, step=0)
+    assert all(len(set(layout.time_index[target[b]].tolist())) == 1 for b in range(50))
 
 
 def test_multiblock_target_blocks_are_15_to_20_percent_of_a_scan() -> None:
@@ -149,6 +176,49 @@ def test_masks_need_two_valid_tokens_and_handle_single_scan_without_ehr() -> Non
 
 
 # EMA, stop-gradient, loss ----------------------------------------------------------------
+
+
+def test_scaled_momentum_leaves_the_asked_share_of_the_init() -> None:
+    for steps in (200, 600):
+        m0, m1 = scaled_momentum(steps, (0.996, 1.0), init_weight=0.01)
+        assert m1 == 1.0 and m0 < 0.996
+        assert init_weight_left(steps, (m0, m1)) == pytest.approx(0.01, rel=0.1)
+    # a run long enough for the configured schedule keeps it (the start is never raised)
+    assert scaled_momentum(5000, (0.996, 1.0), init_weight=0.01) == (0.996, 1.0)
+    assert init_weight_left(5000, (0.996, 1.0)) < 0.01
+    assert init_weight_left(600, (0.996, 1.0)) > 0.25  # why: the unscaled schedule lags
+    assert scaled_momentum(600, (0.996, 1.0), init_weight=0.0) == (0.996, 1.0)
+
+
+def test_relative_distances_of_target_online_and_init() -> None:
+    init = tiny_encoder()
+    online = make_target_encoder(init)
+    with torch.no_grad():
+        for p in online.parameters():
+            p.add_(1.0)
+    half = make_target_encoder(init)
+    ema_update(half, online, momentum=0.5)
+    d = relative_distances(half, online, init)
+    assert d["target_to_init"] == pytest.approx(0.5, rel=1e-5)
+    assert d["target_to_online"] == pytest.approx(0.5, rel=1e-5)
+
+
+def test_context_only_encoding_equals_attention_restricted_encoding() -> None:
+    """Gathering the context tokens (I-JEPA apply_masks) computes what masking attention did."""
+    encoder = tiny_encoder().eval()
+    generator = MultimodalMaskGenerator.from_layout(encoder.layout)
+    batch = batch_of(12)
+    valid = encoder.valid_tokens(batch[2], batch[4])
+    context, _ = generator(valid, step=3)
+    jepa = MultimodalJEPA(encoder, JEPAPredictor(32, 16, 1, 2))
+    with torch.no_grad():
+        tokens, valid_again = encoder.embed(*batch)
+        gathered = jepa.encode_context(tokens, valid_again, context)
+        restricted = encoder(*batch, keep=context)
+    torch.testing.assert_close(gathered[context], restricted[context], atol=1e-5, rtol=1e-5)
+    assert (gathered[~context] == 0).all()
+    idx, keep = gather_tokens(context)
+    assert keep.shape[1] == int(context.sum(1).max()) < context.shape[1]
 
 
 def test_ema_update_matches_hand_computation() -> None:
@@ -349,7 +419,8 @@ def test_diameter_probe_reads_nodule_size_from_image_tokens_only() -> None:
         test, diameter_mm=np.random.default_rng(0).permutation(test.diameter_mm)
     )
     assert diameter_probe_r2(encoder, train, shuffled) < 0.1  # no size signal left to read
-    assert encoder_features(encoder, test, image_only=True).shape == (len(test), 32)
+    # centre patch token(s) beside the mean of the latest scan: 2 x embed_dim
+    assert encoder_features(encoder, test, image_only=True).shape == (len(test), 64)
 
 
 def test_checkpoint_is_atomic_and_restores_rng_streams(tmp_path: Path) -> None:

@@ -70,12 +70,29 @@ def test_outputs_follow_the_contracts(pipeline) -> None:
             "multimodal",
             "imaging_only",
             "clinical_brock",
+            "clinical_mayo",
+            "oracle_brock",
             "clinical_refit",
         ):
             entry = evaluation[cohort][model]
             assert 0.0 <= entry["auc"] <= 1.0
             assert entry["ci"][0] <= entry["auc"] <= entry["ci"][1]
         assert set(evaluation["delong"][cohort]) >= {"jepa_vs_multimodal", "jepa_vs_imaging_only"}
+    # out of fold: every labeled internal patient is in the internal AUC
+    labeled = np.load(root / "data" / "examples" / "internal.npz", allow_pickle=False)["label"]
+    assert evaluation["internal"]["jepa"]["n"] == int((labeled >= 0).sum())
+    primary = evaluation["comparisons"]["primary"]
+    assert (primary["model"], primary["versus"], primary["cohort"]) == (
+        "jepa",
+        "multimodal",
+        "internal",
+    )
+    assert 0.0 <= primary["p"] <= 1.0 and primary["ci"][0] <= primary["diff"] <= primary["ci"][1]
+    assert all("p_holm" in c for c in evaluation["comparisons"]["secondary"])
+    curve = evaluation["label_efficiency"]
+    assert curve["fractions"][-1] == 1.0 and set(curve["models"]) == {"jepa", "multimodal"}
+    assert (root / "metrics" / "label_efficiency.png").is_file()
+    assert (root / "metrics" / "reliability_internal.png").is_file()
     production = json.loads((root / "artifacts" / "models" / "production.json").read_text())
     onnx_path = root / "artifacts" / production["models"]["jepa"]
     assert onnx_path.is_file()

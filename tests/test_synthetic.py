@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from system_tools import require_tool
 
 from cohorts.synthetic import SynthConfig, generate_archive, preset_config
 from cohorts.synthetic.causal import lidc_size_logit, sample_cohort_latents
@@ -75,8 +75,7 @@ def _dciodvfy_errors(exe: str, path: Path) -> list[str]:
 
 def test_every_dicom_file_passes_dciodvfy(tiny_archive: tuple[Path, dict]) -> None:
     out, _ = tiny_archive
-    exe = shutil.which("dciodvfy")
-    assert exe is not None, "dciodvfy (dicom3tools) is required"
+    exe = require_tool("dciodvfy")
     paths = [p for cohort in COHORTS for p in _dicom_files(out / cohort)]
     assert len(paths) > 100
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -202,6 +201,28 @@ def test_ehr_codes_follow_latents() -> None:
     assert (pack["value_as_number"] > 0).all()
 
 
+def test_undocumented_smokers_have_no_smoking_codes() -> None:
+    latents, tables = _ehr_sample("internal")
+    documented = latents["smoking_documented"].to_numpy().astype(bool)
+    assert 0.6 < documented.mean() < 0.8  # smoking_documented_rate 0.7
+    smoking = ("F17.210", "Z87.891", "72166-2", "401201003")
+    rows = pd.concat(
+        [
+            tables["condition_occurrence"].rename(columns={"condition_source_value": "code"})[
+                ["person_id", "code"]
+            ],
+            tables["observation"].rename(columns={"observation_source_value": "code"})[
+                ["person_id", "code"]
+            ],
+        ]
+    )
+    coded = set(rows.loc[rows["code"].isin(smoking), "person_id"])
+    undocumented = {f"P{i}" for i in np.flatnonzero(~documented)}
+    assert undocumented and not coded & undocumented
+    smokers = {f"P{i}" for i in np.flatnonzero(documented & (latents["ever_smoker"] == 1))}
+    assert len(coded & smokers) > 0.8 * len(smokers)  # documented smokers are coded
+
+
 def test_external_coding_practice() -> None:
     _, tables = _ehr_sample("external", n=200)
     conditions = set(tables["condition_occurrence"]["condition_source_value"])
@@ -302,7 +323,8 @@ def test_external_site_shift() -> None:
     assert external["malignant"].mean() > internal["malignant"].mean() + 0.03
     coupling_int = _corr(internal["shared_damage"], internal["emphysema_drive"])
     coupling_ext = _corr(external["shared_damage"], external["emphysema_drive"])
-    assert coupling_int > 0.99 and coupling_ext < 0.6
+    # emphysema has non-smoking causes at both sites (site_coupling 0.85 vs 0.4)
+    assert 0.8 < coupling_int < 0.9 and coupling_ext < 0.6
     cfg = preset_config("tiny")
     assert cfg.site("external").pixel_spacing_mm > cfg.site("internal").pixel_spacing_mm
     assert cfg.site("external").noise_sd_hu > cfg.site("internal").noise_sd_hu

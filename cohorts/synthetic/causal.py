@@ -64,9 +64,10 @@ def sample_cohort_latents(
         df[name] = rng.standard_normal(n)
     s, m, h = (df[name].to_numpy() for name in LATENTS)
 
-    # imaging view of the shared cause; at the external site emphysema also has a
-    # non-smoking (occupational) cause, which weakens the EHR <-> imaging relation
-    coupling = config.external_coupling if external else 1.0
+    # imaging view of the shared cause: emphysema also has non-smoking causes (alpha-1,
+    # occupational, biomass) at every site, more of them at the external site, which
+    # weakens the EHR <-> imaging relation there
+    coupling = config.external_coupling if external else config.site_coupling
     df["emphysema_drive"] = coupling * s + np.sqrt(1.0 - coupling**2) * rng.standard_normal(n)
     df["emphysema_fraction"] = 0.35 * sigmoid(2.0 * (df["emphysema_drive"].to_numpy() - 1.0))
 
@@ -128,6 +129,9 @@ def sample_cohort_latents(
     df["diagnosis_offset_days"] = (
         last + np.where(malignant, rng.integers(14, 90, n), rng.integers(180, 400, n))
     ).astype(int)
+    # EHR view of the shared cause: structured smoking history is missing for part of the
+    # smokers (drawn last, so every column above keeps its random stream)
+    df["smoking_documented"] = (rng.random(n) < config.smoking_documented_rate).astype(int)
     return df
 
 

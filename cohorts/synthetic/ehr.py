@@ -326,6 +326,7 @@ def patient_events(
     # smoking status, pack-years, chronic lung disease (shared cause, EHR view)
     s = latents[S]
     status = "current" if row["current_smoker"] else ("former" if row["ever_smoker"] else "never")
+    documented = bool(row.get("smoking_documented", 1))  # else: no smoking code ever written
     has_copd = rng.random() < 1.0 / (1.0 + np.exp(1.2 - 1.5 * s))
     has_emph = rng.random() < 1.0 / (1.0 + np.exp(2.0 - 1.8 * s))
     copd_code = "J44.1" if rng.random() < 0.3 else "J44.9"
@@ -335,20 +336,20 @@ def patient_events(
     prior_code = PRIOR_CANCER_CODES[int(rng.integers(len(PRIOR_CANCER_CODES)))]
     for day in visits:
         u = rng.random(8)
-        if status == "current" and u[0] < 0.45 * practice.rate("F17.210"):
+        if documented and status == "current" and u[0] < 0.45 * practice.rate("F17.210"):
             record(
                 "condition" if u[1] < 0.7 else "observation",
                 "F17.210",
                 day,
                 text="current every day smoker",
             )
-        if status == "former" and u[0] < 0.4 * practice.rate("Z87.891"):
+        if documented and status == "former" and u[0] < 0.4 * practice.rate("Z87.891"):
             record(
                 "condition" if u[1] < 0.7 else "observation", "Z87.891", day, text="former smoker"
             )
-        if u[2] < 0.2:
+        if documented and u[2] < 0.2:
             record("observation", "72166-2", day, text=f"{status} smoker")
-        if status != "never" and u[3] < 0.15 * practice.rate("401201003"):
+        if documented and status != "never" and u[3] < 0.15 * practice.rate("401201003"):
             noisy = max(1.0, round(float(row["pack_years"]) + rng.normal(0.0, 3.0)))
             record("observation", "401201003", day, value=noisy, text="pack-years")
         if has_copd and day >= onset_copd and u[4] < 0.5 * practice.rate(copd_code):

@@ -4,10 +4,13 @@ Tokens are (modality, time point, patch) units laid out as in `models.encoders.T
 ordered by time point, and within a time point image patches first, then EHR tokens. Each sample
 gets one masking strategy:
 
-- ``multiblock``: several 3D blocks of image patches (each 15-20% of a scan's patch grid), each
-  at a randomly chosen time point with a scan, as in I-JEPA;
-- ``modality``: every EHR token of one time point, or every image token of every time point
-  (the model predicts clinical tokens from imaging and imaging tokens from clinical ones);
+- ``multiblock``: several 3D blocks of image patches (each 15-20% of a scan's patch grid), as in
+  I-JEPA. With ``tube`` (the default) each block covers the same patches at every time point
+  with a scan, like V-JEPA's tubes: a patient's scans differ far less than patients do, so a
+  block hidden at one time point only would be copied from its twin at another;
+- ``modality``: every EHR token of every time point, or every image token of every time point:
+  the model must predict one modality with none of it visible, the only case that forces it
+  to learn what the modalities share;
 - ``timepoint``: every token of one time point (predict a scan from the others in latent space).
 
 The context is the remaining valid tokens, subsampled to a random fraction in ``context_scale``
@@ -31,7 +34,8 @@ __all__ = ["EHR", "IMAGE", "STRATEGIES", "MaskConfig", "MultimodalMaskGenerator"
 class MaskConfig:
     """Every masking knob; mirrored by the ``mask_*`` fields of `PretrainConfig`."""
 
-    strategy_weights: tuple[float, float, float] = (0.5, 0.25, 0.25)
+    strategy_weights: tuple[float, float, float] = (0.45, 0.45, 0.1)
+    tube: bool = True
     n_target_blocks: int = 4
     block_scale: tuple[float, float] = (0.15, 0.2)
     block_aspect: tuple[float, float] = (0.75, 1.5)
@@ -156,14 +160,15 @@ class MultimodalMaskGenerator:
         return np.array([has_image, has_ehr, n_times >= 2])
 
     def _multiblock(self, valid: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Union of ``n_target_blocks`` 3D blocks, each at a random time point with a scan."""
+        """Union of ``n_target_blocks`` 3D blocks: at every scan (tube) or one random scan each."""
         gz, gy, gx = self.patch_grid
         n_patches = gz * gy * gx
         times = self._image_times(valid)
         target = np.zeros(self.n_tokens, dtype=bool)
         lo_a, hi_a = np.log(self.config.block_aspect[0]), np.log(self.config.block_aspect[1])
         for _ in range(self.config.n_target_blocks):
-            t = int(rng.choice(times))
+            t = int(rng.choice(times))  # drawn in both modes: the rng stream stays aligned
+            at = times if self.config.tube else np.array([t])
             volume = float(rng.uniform(*self.config.block_scale)) * n_patches
             a1, a2 = (float(a) for a in np.exp(rng.uniform(lo_a, hi_a, size=2)))
             side = volume ** (1.0 / 3.0)
@@ -173,23 +178,19 @@ class MultimodalMaskGenerator:
             z0 = int(rng.integers(0, gz - dz + 1))
             y0 = int(rng.integers(0, gy - dy + 1))
             x0 = int(rng.integers(0, gx - dx + 1))
-            tokens = self._image_grid[t, z0 : z0 + dz, y0 : y0 + dy, x0 : x0 + dx].ravel()
+            tokens = self._image_grid[at, z0 : z0 + dz, y0 : y0 + dy, x0 : x0 + dx].ravel()
             target[tokens[tokens >= 0]] = True
         return target
 
     def _modality(self, valid: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """All EHR tokens of one time point, or all image tokens (context is then clinical)."""
+        """All EHR tokens, or all image tokens, of every time point (the other modality is context)."""
         ehr_valid = valid & (self.modality == EHR)
         image_valid = valid & (self.modality == IMAGE)
-        options: list[np.ndarray] = [
-            ehr_valid & (self.time_index == t) for t in np.unique(self.time_index[ehr_valid])
-        ]
-        if image_valid.any() and ehr_valid.any():
-            options.append(image_valid)
-        if not options:  # only image tokens: the modality is everything; target one scan instead
-            t = int(rng.choice(self._image_times(valid)))
-            return image_valid & (self.time_index == t)
-        return options[int(rng.integers(len(options)))].copy()
+        if not (image_valid.any() and ehr_valid.any()):
+            # one modality only: hiding it leaves nothing; target one scan's tokens instead
+            t = int(rng.choice(np.unique(self.time_index[valid])))
+            return valid & (self.time_index == t)
+        return (ehr_valid if rng.random() < 0.5 else image_valid).copy()
 
     def _timepoint(self, valid: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Every token of one time point that has valid tokens."""

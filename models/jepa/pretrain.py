@@ -54,7 +54,14 @@ from models.jepa.distributed import (
     cleanup_distributed,
     init_distributed,
 )
-from models.jepa.ema import ema_update, make_target_encoder, momentum_at
+from models.jepa.ema import (
+    ema_update,
+    init_weight_left,
+    make_target_encoder,
+    momentum_at,
+    relative_distances,
+    scaled_momentum,
+)
 from models.jepa.loss import LOSSES, jepa_loss, normalise_targets
 from models.jepa.masks import MaskConfig, MultimodalMaskGenerator
 from models.jepa.model import MultimodalJEPA
@@ -71,16 +78,21 @@ PARAMS_KEYS: tuple[str, ...] = (
     "warmup_epochs",
     "weight_decay",
     "ema_momentum",
+    "ema_init_weight",
     "embed_dim",
     "depth",
     "heads",
     "predictor_dim",
     "predictor_depth",
     "patch_size_vox",
+    "patch_stem",
+    "stem_width",
     "ehr_tokens",
     "loss",
     "checkpoint_every_steps",
     "seed",
+    "mask_strategy_weights",
+    "mask_tube",
 )
 """PretrainConfig fields that params.yaml `pretrain` sets today; the rest default to I-JEPA's recipe."""
 
@@ -108,18 +120,21 @@ class PretrainConfig:
     (start, end) of their schedules. device: "auto" (CUDA if available), "cuda" or "cpu".
     """
 
-    epochs: int = 60
+    epochs: int = 40
     batch_size: int = 32
     lr: float = 0.0005
     warmup_epochs: int = 3
     weight_decay: tuple[float, float] = (0.04, 0.2)
     ema_momentum: tuple[float, float] = (0.996, 1.0)
+    ema_init_weight: float = 0.01
     embed_dim: int = 64
     depth: int = 3
     heads: int = 4
     predictor_dim: int = 32
     predictor_depth: int = 2
     patch_size_vox: int = 8
+    patch_stem: str = "linear"
+    stem_width: int = 8
     ehr_tokens: int = 4
     loss: str = "smooth_l1"
     checkpoint_every_steps: int = 50
@@ -127,7 +142,8 @@ class PretrainConfig:
     # not (yet) in params.yaml: I-JEPA defaults
     final_lr: float = 1.0e-6
     grad_clip: float = 1.0
-    mask_strategy_weights: tuple[float, float, float] = (0.5, 0.25, 0.25)
+    mask_strategy_weights: tuple[float, float, float] = (0.45, 0.45, 0.1)
+    mask_tube: bool = True
     mask_n_target_blocks: int = 4
     mask_block_scale: tuple[float, float] = (0.15, 0.2)
     mask_block_aspect: tuple[float, float] = (0.75, 1.5)
@@ -150,6 +166,7 @@ class PretrainConfig:
         """The `MaskConfig` these fields describe."""
         return MaskConfig(
             strategy_weights=self.mask_strategy_weights,
+            tube=self.mask_tube,
             n_target_blocks=self.mask_n_target_blocks,
             block_scale=self.mask_block_scale,
             block_aspect=self.mask_block_aspect,
@@ -260,6 +277,8 @@ def encoder_config_for(examples: ExampleSet, config: PretrainConfig) -> EncoderC
         embed_dim=config.embed_dim,
         depth=config.depth,
         heads=config.heads,
+        patch_stem=config.patch_stem,
+        stem_width=config.stem_width,
     )
 
 
@@ -409,6 +428,7 @@ def _pretrain(
     steps_per_epoch = math.ceil(len(sampler) / per_rank_batch)
     total_steps = config.epochs * steps_per_epoch
     warmup_steps = config.warmup_epochs * steps_per_epoch
+    ema_schedule = scaled_momentum(total_steps, config.ema_momentum, config.ema_init_weight)
 
     # resume
     step, epoch_loss_sum, epoch_loss_count = 0, 0.0, 0
@@ -508,7 +528,7 @@ def _pretrain(
             if config.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
-            momentum = momentum_at(step, total_steps, config.ema_momentum)
+            momentum = momentum_at(step, total_steps, ema_schedule)
             ema_update(target, encoder, momentum)
             step += 1
             loss_value = float(loss.detach())
@@ -572,6 +592,14 @@ def _pretrain(
             "n_train": int((probe_sets[0].label >= 0).sum()),
             "n_test": int((probe_sets[1].label >= 0).sum()),
         }
+    torch.manual_seed(config.seed)  # the exact initial weights of this run (seeded first)
+    initial = build_encoder(examples, config).to(device)
+    ema_card = {
+        "configured_momentum": list(config.ema_momentum),
+        "momentum": list(ema_schedule),
+        "init_weight_left": init_weight_left(total_steps, ema_schedule),
+        **relative_distances(target, encoder, initial),
+    }
     encoder_config = target.config.to_dict()
     version = artifact_version(examples, config, data)
     losses = [r["loss"] for r in history]
@@ -597,6 +625,7 @@ def _pretrain(
         "throughput_samples_per_s": throughput,
         "monitor": monitor,
         "probe": probe,
+        "ema": ema_card,
         "weights": "EMA target encoder",
     }
     encoder_path, card_path = out_dir / "encoder.safetensors", out_dir / "card.json"

@@ -1,7 +1,8 @@
 """Linear probes: what does pretraining make linearly readable from the frozen encoder?
 
-Malignancy: mean of the latest scan's valid tokens (image and EHR) -> standardised logistic
-regression -> test AUC. Nodule size: mean of the latest scan's image tokens only -> ridge
+Features (models/readout.py): the latest scan's centre patch token(s), where the nodule
+sits, beside the mean of that scan's valid tokens. Malignancy: image and EHR tokens ->
+standardised logistic regression -> test AUC. Nodule size: image tokens only -> ridge
 regression -> test R^2 of log diameter (size is the label's strongest driver, and what the
 Brock model reads). Each is compared with the same probe on a randomly initialised encoder.
 """
@@ -13,13 +14,7 @@ import torch
 
 from models.data import FIELDS, ExampleSet
 from models.encoders import IMAGE, MultimodalEncoder
-
-
-def latest_timepoint(scan_mask: torch.Tensor) -> torch.Tensor:
-    """Index of each patient's latest present scan: scan_mask [B, T] bool -> [B] long."""
-    t = scan_mask.shape[1]
-    present = scan_mask.bool().flip(1).long()
-    return (t - 1) - present.argmax(dim=1)
+from models.readout import centre_token_mask, latest_scan_tokens, latest_timepoint, masked_mean
 
 
 @torch.no_grad()
@@ -29,8 +24,8 @@ def encoder_features(
     batch_size: int = 64,
     image_only: bool = False,
 ) -> np.ndarray:
-    """Frozen features [N, D]: mean over the valid tokens of each patient's latest time point
-    (its image tokens only when ``image_only``)."""
+    """Frozen features [N, 2D]: the latest scan's centre patch token(s), then the mean over
+    that time point's valid tokens (its image tokens only when ``image_only``)."""
     device = next(encoder.parameters()).device
     was_training = encoder.training
     encoder.eval()
@@ -40,13 +35,11 @@ def encoder_features(
         for start in range(0, len(examples), batch_size):
             batch = {k: tensors[k][start : start + batch_size].to(device) for k in FIELDS}
             tokens = encoder(*(batch[k] for k in FIELDS)).float()  # [B, N, D]
-            valid = encoder.valid_tokens(batch["scan_mask"], batch["ehr_mask"])
-            latest = latest_timepoint(batch["scan_mask"])  # [B]
-            select = valid & (encoder.token_time_index[None, :] == latest[:, None])
+            select = latest_scan_tokens(encoder, batch["scan_mask"], batch["ehr_mask"])
+            centre = masked_mean(tokens, select & centre_token_mask(encoder)[None, :])
             if image_only:
                 select &= (encoder.token_modality == IMAGE)[None, :]
-            weights = select.float().unsqueeze(-1)
-            feats = (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+            feats = torch.cat([centre, masked_mean(tokens, select)], dim=-1)
             out.append(feats.cpu().numpy())
     finally:
         encoder.train(was_training)

@@ -4,24 +4,40 @@ import datetime as dt
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pandas as pd
 
 from cohorts.files import atomic_output, atomic_write_json, atomic_write_text
+from models.baselines import ReaderError
 from models.data import load_examples
 from models.encoders import load_encoder
-from models.evaluation import rank_agreement, roc_curve_points
+from models.evaluation import (
+    label_efficiency_summary,
+    preregistered_comparisons,
+    rank_agreement,
+    reliability_curve,
+    roc_curve_points,
+)
 from models.finetune import FinetuneConfig, save_model
 from models.jepa.pretrain import data_hash
 from models.protocol import (
     ProtocolConfig,
     evaluate_predictions,
+    label_efficiency_frame,
     predictions_frame,
     predictions_from_frame,
     run_protocol,
 )
-from models.reporting import PAPER_AUC, plot_roc, results_markdown
+from models.reporting import (
+    CALIBRATION_MODELS,
+    PAPER_AUC,
+    plot_label_efficiency,
+    plot_reliability,
+    plot_roc,
+    results_markdown,
+)
 from orchestration.assets.training import jepa_encoder
 from orchestration.dvc_versions import dvc_metadata
 from orchestration.metadata import flat_numbers, image_markdown, markdown_table
@@ -45,7 +61,7 @@ def latest_models(paths: PipelinePaths) -> tuple[str, Path]:
 
 
 class DiagnosticConfig(dg.Config):
-    """params.yaml `finetune` (+ the split seed from `evaluate`)."""
+    """params.yaml `finetune` (+ the fold seed and reader error from `evaluate`)."""
 
     epochs: int = _FINETUNE["epochs"]
     batch_size: int = _FINETUNE["batch_size"]
@@ -54,9 +70,15 @@ class DiagnosticConfig(dg.Config):
     patience: int = _FINETUNE["patience"]
     select_on: str = _FINETUNE["select_on"]
     seeds: list[int] = _FINETUNE["seeds"]
-    split: dict[str, float] = _FINETUNE["split"]
+    folds: int = _FINETUNE["folds"]
+    repeats: int = _FINETUNE["repeats"]
+    val_fraction: float = _FINETUNE["val_fraction"]
+    readout: str = _FINETUNE["readout"]
+    label_fractions: list[float] = _FINETUNE["label_fractions"]
+    label_efficiency_models: list[str] = _FINETUNE["label_efficiency_models"]
     jepa_encoder_lr_scale: float = _FINETUNE["jepa_encoder_lr_scale"]
     split_seed: int = _EVALUATE["seed"]
+    reader: dict[str, float] = _EVALUATE["reader"]
     crop_spacing_mm: float = _CURATE["crop_spacing_mm"]
 
     def domain(self) -> ProtocolConfig:
@@ -70,10 +92,16 @@ class DiagnosticConfig(dg.Config):
                 select_on=self.select_on,
             ),
             seeds=tuple(self.seeds),
-            split=dict(self.split),
+            folds=self.folds,
+            repeats=self.repeats,
+            val_fraction=self.val_fraction,
+            readout=self.readout,
+            label_fractions=tuple(self.label_fractions),
+            label_efficiency_models=tuple(self.label_efficiency_models),
             split_seed=self.split_seed,
             jepa_encoder_lr_scale=self.jepa_encoder_lr_scale,
             crop_spacing_mm=self.crop_spacing_mm,
+            reader=ReaderError(**self.reader, seed=self.split_seed),
         )
 
 
@@ -81,10 +109,12 @@ class DiagnosticConfig(dg.Config):
     group_name="diagnosis",
     deps=[jepa_encoder],
     kinds={"pytorch", "safetensors"},
-    code_version="1",
+    code_version="2",
     pool="gpu",
-    description="JEPA-finetuned, frozen-probe, multimodal-from-scratch and imaging-only models "
-    "(seed ensembles) on one patient-level split of the internal cohort, plus clinical baselines.",
+    description="JEPA-finetuned, frozen-probe, multimodal-from-scratch and imaging-only models, "
+    "cross-fitted on repeated stratified folds of the internal cohort (out-of-fold predictions "
+    "for every labeled patient, fold ensembles for external), the label-efficiency curve, and "
+    "the clinical baselines (Brock and Mayo on a reader-measured diameter, the exact-size oracle).",
 )
 def diagnostic_models(
     context: dg.AssetExecutionContext, config: DiagnosticConfig, paths: PipelinePaths
@@ -107,23 +137,26 @@ def diagnostic_models(
     out = paths.artifacts / "models" / version
     card = {"version": version, "encoder_version": encoder_version, "config": config.model_dump()}
     for name, ensemble in result.ensembles.items():
-        for seed, member in zip(protocol.seeds, ensemble.members, strict=True):
-            save_model(member, out / name / f"seed{seed}.safetensors", {**card, "model": name})
+        for member_name, member in zip(result.member_names[name], ensemble.members, strict=True):
+            save_model(member, out / name / f"{member_name}.safetensors", {**card, "model": name})
     with atomic_output(out / "predictions.parquet") as tmp:
         predictions_frame(result).to_parquet(tmp, index=False)
-    atomic_write_json(out / "split.json", {k: v.tolist() for k, v in result.split.items()})
-    atomic_write_json(out / "card.json", {**card, "per_seed_auc": result.per_seed_auc})
+    with atomic_output(out / "label_efficiency.parquet") as tmp:
+        label_efficiency_frame(result).to_parquet(tmp, index=False)
+    atomic_write_json(out / "folds.json", [fold.to_dict() for fold in result.folds])
+    atomic_write_json(out / "card.json", {**card, "per_fold_auc": result.per_fold_auc})
     paths.point_latest("models", version, out)
     rows = [
-        {"cohort": cohort, "model": name, "seed_aucs": ", ".join(f"{a:.3f}" for a in aucs)}
-        for cohort, by_model in result.per_seed_auc.items()
-        for name, aucs in by_model.items()
+        {"model": name, "fold_aucs": ", ".join(f"{a:.3f}" for a in aucs)}
+        for name, aucs in result.per_fold_auc.items()
     ]
     return dg.MaterializeResult(
         metadata={
             "version": dg.MetadataValue.text(version),
             "encoder_version": dg.MetadataValue.text(encoder_version),
-            "per_seed_auc": markdown_table(rows),
+            "folds": dg.MetadataValue.int(len(result.folds)),
+            "internal_patients_out_of_fold": dg.MetadataValue.int(len(result.labels["internal"])),
+            "per_fold_auc": markdown_table(rows),
             **dvc_metadata(out),
         },
         data_version=dg.DataVersion(version),
@@ -133,6 +166,7 @@ def diagnostic_models(
 class EvaluationConfig(dg.Config):
     bootstrap_replicates: int = _EVALUATE["bootstrap_replicates"]
     seed: int = _EVALUATE["seed"]
+    comparisons: dict[str, Any] = _EVALUATE["comparisons"]
     results_markdown: str = str(REPO_ROOT / "docs" / "RESULTS.md")
 
 
@@ -154,6 +188,21 @@ def evaluation(
     evaluation_json = evaluate_predictions(
         labels, predictions, config.bootstrap_replicates, config.seed
     )
+    evaluation_json["comparisons"] = preregistered_comparisons(
+        labels, predictions, config.comparisons, config.bootstrap_replicates, config.seed
+    )
+    curve_path = folder / "label_efficiency.parquet"
+    curve = pd.read_parquet(curve_path) if curve_path.exists() else pd.DataFrame()
+    evaluation_json["label_efficiency"] = label_efficiency_summary(
+        curve, config.bootstrap_replicates, config.seed
+    )
+    folds = json.loads((folder / "folds.json").read_text())
+    evaluation_json["protocol"] = {
+        "internal": "out-of-fold",
+        "folds": len({f["fold"] for f in folds}),
+        "repeats": len({f["repeat"] for f in folds}),
+        "external": "ensemble of every fold model",
+    }
     metrics = paths.metrics
     atomic_write_json(metrics / "evaluation.json", evaluation_json)
     metadata: dict[str, dg.MetadataValue] = {}
@@ -169,6 +218,18 @@ def evaluation(
         png = metrics / f"roc_{cohort}.png"
         plot_roc(curves, png, title=f"ROC, {cohort} cohort", aucs=aucs)
         metadata[f"roc_{cohort}"] = image_markdown(png, f"ROC, {cohort}")
+        reliability = {
+            name: reliability_curve(labels[cohort], p)
+            for name, p in predictions[cohort].items()
+            if name in CALIBRATION_MODELS
+        }
+        png = metrics / f"reliability_{cohort}.png"
+        plot_reliability(reliability, png, title=f"Calibration, {cohort} cohort")
+        metadata[f"reliability_{cohort}"] = image_markdown(png, f"Calibration, {cohort}")
+    if evaluation_json["label_efficiency"]["models"]:
+        png = metrics / "label_efficiency.png"
+        plot_label_efficiency(evaluation_json["label_efficiency"], png)
+        metadata["label_efficiency"] = image_markdown(png, "Label efficiency (internal, OOF)")
     encoder_version = json.loads((folder / "card.json").read_text())["encoder_version"]
     provenance = {
         "command": "make demo (or: lungjepa materialize --select evaluation)",
@@ -183,8 +244,10 @@ def evaluation(
     agreement = {cohort: rank_agreement(predictions[cohort]) for cohort in labels}
     encoder_card = paths.artifacts / "encoders" / encoder_version / "card.json"
     probe = json.loads(encoder_card.read_text()).get("probe") if encoder_card.exists() else None
+    ablation_path = metrics / "ablation.json"
+    ablation = json.loads(ablation_path.read_text()) if ablation_path.exists() else None
     markdown = results_markdown(
-        evaluation_json, PAPER_AUC, study, provenance, drift, agreement, probe
+        evaluation_json, PAPER_AUC, study, provenance, drift, agreement, probe, ablation
     )
     atomic_write_text(Path(config.results_markdown), markdown)
     rows = [
@@ -198,12 +261,19 @@ def evaluation(
         for c in labels
         for m, r in evaluation_json[c].items()
     ]
+    primary = evaluation_json["comparisons"]["primary"]
     auc_numbers = {c: {m: r["auc"] for m, r in evaluation_json[c].items()} for c in labels}
     return dg.MaterializeResult(
         metadata={
             "table": markdown_table(rows),
             **flat_numbers(auc_numbers, prefix="auc/"),
             **flat_numbers(evaluation_json["delong"], prefix="delong_p/"),
+            "primary_comparison": dg.MetadataValue.text(
+                f"{primary['cohort']}: {primary['model']} vs {primary['versus']}"
+            ),
+            **flat_numbers(
+                {k: primary[k] for k in ("diff", "p") if k in primary}, prefix="primary/"
+            ),
             **metadata,
         }
     )

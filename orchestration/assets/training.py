@@ -30,16 +30,21 @@ class PretrainRunConfig(dg.Config):
     warmup_epochs: int = _PRETRAIN["warmup_epochs"]
     weight_decay: list[float] = _PRETRAIN["weight_decay"]
     ema_momentum: list[float] = _PRETRAIN["ema_momentum"]
+    ema_init_weight: float = _PRETRAIN["ema_init_weight"]
     embed_dim: int = _PRETRAIN["embed_dim"]
     depth: int = _PRETRAIN["depth"]
     heads: int = _PRETRAIN["heads"]
     predictor_dim: int = _PRETRAIN["predictor_dim"]
     predictor_depth: int = _PRETRAIN["predictor_depth"]
     patch_size_vox: int = _PRETRAIN["patch_size_vox"]
+    patch_stem: str = _PRETRAIN["patch_stem"]
+    stem_width: int = _PRETRAIN["stem_width"]
     ehr_tokens: int = _PRETRAIN["ehr_tokens"]
     loss: str = _PRETRAIN["loss"]
     checkpoint_every_steps: int = _PRETRAIN["checkpoint_every_steps"]
     seed: int = _PRETRAIN["seed"]
+    mask_strategy_weights: list[float] = _PRETRAIN["mask_strategy_weights"]
+    mask_tube: bool = _PRETRAIN["mask_tube"]
     nproc_per_node: int = 1
 
     def domain(self, device: str) -> PretrainConfig:
@@ -94,6 +99,7 @@ def jepa_encoder(
         **dvc_metadata(run_dir / "encoder.safetensors"),
         **flat_numbers(result.monitor, prefix="monitor/"),
         **flat_numbers(result.probe or {}, prefix="probe/"),
+        **flat_numbers(card.get("ema", {}), prefix="ema/"),
     }
     plot = run_dir / "pretrain.png"
     if plot.exists():

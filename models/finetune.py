@@ -38,11 +38,11 @@ class FinetuneConfig:
     random along z, y and x (nodule malignancy has no preferred orientation).
     """
 
-    epochs: int = 80
+    epochs: int = 50
     batch_size: int = 16
-    lr: float = 5e-4
+    lr: float = 1e-3
     weight_decay: float = 0.05
-    patience: int = 25
+    patience: int = 15
     seed: int = 0
     warmup_epochs: int = 3
     encoder_lr_scale: float = 1.0

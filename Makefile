@@ -12,13 +12,11 @@ PYTEST_ARGS ?=
 
 setup: $(VENV)/.setup-stamp
 
-# --no-compile: byte-compiling every installed package costs about a minute on 2 cores;
-# Python compiles the modules it actually imports on first use instead.
 $(VENV)/.setup-stamp: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q --no-compile "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q --no-compile -e ".[dev]"
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 
 # Debian packages the tests need (dicom3tools, chromium, chromium-driver): installed

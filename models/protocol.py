@@ -241,12 +241,17 @@ def run_protocol(
     per_fold: dict[str, list[float]] = {}
     label_efficiency: dict[float, dict[str, np.ndarray]] = {}
 
-    def trainer(name: str) -> Callable[[ExampleSet, ExampleSet, int], DiagnosticModel]:
+    def trainer(
+        name: str, record: bool = True
+    ) -> Callable[[ExampleSet, ExampleSet, int], DiagnosticModel]:
+        """Trains one member; `record` keeps its history (the label-efficiency runs do not)."""
+
         def train_one(train: ExampleSet, val: ExampleSet, seed: int) -> DiagnosticModel:
             model = new_model(name, template, pretrained, seed, config.readout)
             recipe = run_config(name, config.finetune, seed, config.jepa_encoder_lr_scale)
             result = finetune(model, train, val, recipe, progress=progress)
-            histories.setdefault(name, []).append(result.history)
+            if record:
+                histories.setdefault(name, []).append(result.history)
             return result.model.eval()
 
         return train_one
@@ -264,12 +269,10 @@ def run_protocol(
         ]  # OOF per fold (mean over seeds, and over repeats for repeated patients)
     for fraction in config.label_fractions:
         for name in (n for n in config.label_efficiency_models if n in names):
-            kept = histories.get(name, [])[:]
             oof, _, _, _ = _cross_fit(
-                internal, external, folds, config.seeds, trainer(name), predict_proba,
-                fraction=fraction, fraction_seed=config.split_seed,
+                internal, external, folds, config.seeds, trainer(name, record=False),
+                predict_proba, fraction=fraction, fraction_seed=config.split_seed,
             )  # fmt: skip
-            histories[name] = kept  # the curve's extra runs are not the model's history
             label_efficiency.setdefault(float(fraction), {})[name] = oof
 
     # Baselines: published formulas need no training; the refit is cross-fitted like the rest.

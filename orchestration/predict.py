@@ -10,6 +10,9 @@ the store is opened with torch imports refused, so the predict process never loa
 
 Ids on input are the hospital's (MRN, DICOM UIDs); everything printed uses the pseudonyms
 curation writes (``cohorts.privacy``), so the output joins the curated data and holds no PHI.
+
+Size: over 450 lines, and domain code in the orchestration layer; issue 18 moves it into a
+torch-free serving package that shares curation's series-selection rule.
 """
 
 from __future__ import annotations

@@ -25,11 +25,9 @@ from models.evaluation import (
     roc_auc,
     roc_curve_points,
 )
+from models.figures import plot_label_efficiency, plot_reliability, plot_roc
 from models.reporting import (
     PAPER_AUC,
-    plot_label_efficiency,
-    plot_reliability,
-    plot_roc,
     results_markdown,
 )
 

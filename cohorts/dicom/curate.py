@@ -22,6 +22,9 @@ A per-series fingerprint (file paths, sizes, mtimes, its annotation
 rows, crop parameters, ``CURATION_VERSION``) makes reruns idempotent: an unchanged series is never decoded again.
 A run holds an exclusive lock on ``<out>/.lock`` (a concurrent run waits, then reuses the
 work) and first removes temporary files a killed run left behind.
+
+Size: over 450 lines because the decode queue and reuse cache are still inlined in
+`_curate`; issue 18 splits them out (and issue 21 reworks them for speed).
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ Fault tolerance: rank 0 writes out_dir/checkpoint.pt atomically every `checkpoin
 steps; a rerun with the same out_dir resumes from it (same weights, optimiser, RNG, data
 order and masks as an uninterrupted run). The artifact is the target encoder (as in I-JEPA):
 out_dir/encoder.safetensors + out_dir/card.json.
+
+Size: over 450 lines because config, versioning, curves, the loop and the CLI still live
+together; issue 18 splits them by concept (config, the training step, the loop, the card).
 """
 
 from __future__ import annotations

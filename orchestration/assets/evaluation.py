@@ -20,6 +20,7 @@ from models.evaluation import (
     reliability_curve,
     roc_curve_points,
 )
+from models.figures import plot_label_efficiency, plot_reliability, plot_roc
 from models.finetune import FinetuneConfig, save_model
 from models.jepa.pretrain import data_hash
 from models.protocol import (
@@ -33,9 +34,6 @@ from models.protocol import (
 from models.reporting import (
     CALIBRATION_MODELS,
     PAPER_AUC,
-    plot_label_efficiency,
-    plot_reliability,
-    plot_roc,
     results_markdown,
 )
 from orchestration.assets.training import jepa_encoder

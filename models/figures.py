@@ -1,0 +1,89 @@
+"""The figures beside docs/RESULTS.md and in Dagster metadata: ROC, calibration, label efficiency.
+
+Rendered with matplotlib's object API (Agg, no pyplot global state) and written atomically.
+Legends use the model names of models/reporting.py.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from cohorts.files import atomic_write_bytes
+from models.reporting import MODEL_LABELS
+
+
+def _save_figure(fig: Figure, path: Path) -> None:
+    """Render to PNG in memory (Agg, no pyplot global state) and write atomically."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    atomic_write_bytes(Path(path), buffer.getvalue())
+
+
+def plot_roc(
+    curves: Mapping[str, pd.DataFrame],
+    path: Path,
+    title: str = "ROC",
+    aucs: Mapping[str, float] | None = None,
+) -> None:
+    """ROC curves (roc_curve_points frames: fpr, tpr) of several models on one PNG."""
+    fig = Figure(figsize=(5.0, 5.0))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], linestyle=":", color="grey", linewidth=1)
+    for name, frame in curves.items():
+        label = MODEL_LABELS.get(name, name)
+        if aucs is not None and name in aucs:
+            label += f" (AUC {aucs[name]:.3f})"
+        ax.step(frame["fpr"], frame["tpr"], where="post", label=label)
+    ax.set(xlabel="1 - specificity (FPR)", ylabel="sensitivity (TPR)", title=title)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="lower right", fontsize=7)
+    _save_figure(fig, path)
+
+
+def plot_reliability(
+    curves: Mapping[str, pd.DataFrame], path: Path, title: str = "Reliability"
+) -> None:
+    """Reliability diagrams (reliability_curve frames) of several models on one PNG."""
+    fig = Figure(figsize=(5.0, 5.0))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], linestyle=":", color="grey", linewidth=1)
+    for name, frame in curves.items():
+        ax.plot(
+            frame["mean_predicted"],
+            frame["observed_fraction"],
+            marker="o",
+            label=MODEL_LABELS.get(name, name),
+        )
+    ax.set(xlabel="mean predicted probability", ylabel="observed malignant fraction", title=title)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left", fontsize=7)
+    _save_figure(fig, path)
+
+
+def plot_label_efficiency(curve: Mapping[str, Any], path: Path) -> None:
+    """Out-of-fold internal AUC vs fraction of labeled training data, with 95% CIs."""
+    fig = Figure(figsize=(5.0, 4.0))
+    ax = fig.subplots()
+    for model, points in curve["models"].items():
+        x = [p["fraction"] * 100 for p in points]
+        y = [p["auc"] for p in points]
+        low = [p["auc"] - p["ci"][0] for p in points]
+        high = [p["ci"][1] - p["auc"] for p in points]
+        ax.errorbar(
+            x, y, yerr=[low, high], marker="o", capsize=3, label=MODEL_LABELS.get(model, model)
+        )
+    ax.set(
+        xlabel="labeled training data used (% of each training fold)",
+        ylabel="internal AUC (out of fold)",
+        title="Label efficiency",
+    )
+    ax.legend(loc="lower right", fontsize=7)
+    _save_figure(fig, path)

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
@@ -51,14 +48,8 @@ def evaluate(instance: dg.DagsterInstance, incoming_dir: Path, cursor: str | Non
     return incoming_batches(context)
 
 
-def test_definitions_validate_and_list_schedule_and_sensor(tmp_path: Path) -> None:
-    dagster = Path(sys.executable).parent / "dagster"
-    subprocess.run(
-        [str(dagster), "definitions", "validate", "-m", "orchestration.definitions"],
-        check=True,
-        capture_output=True,
-        env={**os.environ, "DAGSTER_HOME": str(tmp_path)},
-    )
+def test_definitions_list_schedule_sensor_and_jobs() -> None:
+    """(The CLI load of the same module is tests/test_pipeline.py's validate test.)"""
     repo = defs.get_repository_def()
     assert "weekly_retraining" in {s.name for s in repo.schedule_defs}
     assert "incoming_batches" in {s.name for s in repo.sensor_defs}

@@ -1,16 +1,22 @@
 """Supervised finetuning of the diagnostic model, prediction, patient splits and model files.
 
 Recipe (lab lineage): AdamW (0.9, 0.95), linear warm-up then cosine decay per step, binary
-cross-entropy, early stopping on patient-level validation AUC (ties broken by validation
-loss) with the best weights restored. EHR normalisation is fitted on the training split
+cross-entropy, early stopping on patient-level validation loss (ties broken by validation
+AUC) with the best weights restored. EHR normalisation is fitted on the training split
 only and stored inside the model, so the exported graph needs no preprocessing code.
+
+A pretrained encoder can be finetuned in two stages (LP-FT, Kumar et al., ICLR 2022,
+"Fine-tuning can distort pretrained features"): the head is first trained on the frozen
+encoder (`probe_epochs`), then everything end to end from there. A fresh head's large early
+gradients otherwise reach the encoder and overwrite what pretraining put there before the
+head has learned to read it.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +40,12 @@ class FinetuneConfig:
     """Finetuning knobs; mirrors params.yaml `finetune` (epochs, batch_size, lr, weight_decay, patience).
 
     encoder_lr_scale multiplies the encoder's learning rate (e.g. 0.1 to protect pretrained
-    features); freeze_encoder trains the head only (linear probe). augment flips crops at
-    random along z, y and x (nodule malignancy has no preferred orientation).
+    features); freeze_encoder trains the head only (linear probe). probe_epochs > 0 runs
+    that probe first (at probe_lr, default lr; its own warm-up, cosine and early stopping),
+    then the end-to-end stage at lr,
+    which keeps the probe's weights unless one of its epochs beats the probe's validation
+    loss (LP-FT). augment flips crops at random along z, y and x (nodule malignancy has no
+    preferred orientation).
     """
 
     epochs: int = 50
@@ -50,16 +60,23 @@ class FinetuneConfig:
     augment: bool = True
     fit_ehr_normalisation: bool = True
     select_on: str = "val_loss"
+    probe_epochs: int = 0
+    probe_lr: float | None = None
 
 
 @dataclass
 class FinetuneResult:
-    """The model with the best validation weights loaded, and the per-epoch record."""
+    """The model with the best validation weights loaded, and the per-epoch record.
+
+    After LP-FT, best_epoch counts the end-to-end stage's epochs (-1: no epoch beat the probe,
+    whose weights are kept) and each history row names its "stage".
+    """
 
     model: DiagnosticModel
     best_epoch: int
     history: list[dict] = field(default_factory=list)
     val_auc: float = float("nan")
+    val_loss: float = math.inf
 
 
 def patient_level_auc(patient_id: np.ndarray, label: np.ndarray, proba: np.ndarray) -> float:
@@ -156,8 +173,46 @@ def finetune(
     best epoch's weights restored.
     """
     train, val = _labeled(train, "train"), _labeled(val, "validation")
-    if config.epochs < 1 or config.batch_size < 1:
-        raise ValueError("finetune: epochs and batch_size must be >= 1")
+    if config.epochs < 1 or config.batch_size < 1 or config.probe_epochs < 0:
+        raise ValueError("finetune: epochs and batch_size must be >= 1, probe_epochs >= 0")
+    if config.probe_epochs == 0 or config.freeze_encoder:
+        return _train(model, train, val, replace(config, probe_epochs=0), progress)
+    probe = _train(
+        model,
+        train,
+        val,
+        replace(
+            config,
+            freeze_encoder=True,
+            epochs=config.probe_epochs,
+            probe_epochs=0,
+            lr=config.lr if config.probe_lr is None else config.probe_lr,
+        ),
+        progress,
+    )
+    tuned = _train(
+        probe.model,
+        train,
+        val,
+        replace(config, probe_epochs=0, fit_ehr_normalisation=False),
+        progress,
+        start=probe,
+    )
+    tuned.history = [{"stage": "probe", **h} for h in probe.history] + [
+        {"stage": "finetune", **h} for h in tuned.history
+    ]
+    return tuned
+
+
+def _train(
+    model: DiagnosticModel,
+    train: ExampleSet,
+    val: ExampleSet,
+    config: FinetuneConfig,
+    progress: bool,
+    start: FinetuneResult | None = None,
+) -> FinetuneResult:
+    """One training stage; `start` (the previous stage's result) is the best to beat."""
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     if config.fit_ehr_normalisation:
@@ -181,6 +236,8 @@ def finetune(
     warmup_steps = config.warmup_epochs * steps_per_epoch
 
     best_auc, best_loss, best_epoch = float("nan"), math.inf, -1
+    if start is not None:
+        best_auc, best_loss = start.val_auc, start.val_loss
     best_state = copy.deepcopy(model.state_dict())
     history: list[dict] = []
     stale, step = 0, 0
@@ -231,7 +288,9 @@ def finetune(
             param.requires_grad_(flag)
     model.load_state_dict(best_state)
     model.eval()
-    return FinetuneResult(model=model, best_epoch=best_epoch, history=history, val_auc=best_auc)
+    return FinetuneResult(
+        model=model, best_epoch=best_epoch, history=history, val_auc=best_auc, val_loss=best_loss
+    )
 
 
 def stratified_patient_split(

@@ -8,7 +8,7 @@ repeats and seeds), and the internal AUCs and paired DeLong tests use all of the
 external cohort is only ever tested on, by the ensemble of every fold model (mean
 probability), which is also what gets exported, so the exported model is the evaluated one.
 
-    jepa            JEPA-pretrained encoder, finetuned end to end (ours)
+    jepa            JEPA-pretrained encoder, finetuned by LP-FT (ours; `JepaRecipe`)
     jepa_probe      JEPA-pretrained encoder frozen, head trained (linear probe)
     multimodal      same architecture and inputs, from scratch (unregularized multimodal)
     imaging_only    same image encoder, EHR tokens dropped, from scratch
@@ -60,6 +60,22 @@ REFERENCE_MODEL = "jepa"
 
 
 @dataclass(frozen=True)
+class JepaRecipe:
+    """How the pretrained encoder is finetuned (params.yaml `finetune.jepa`): LP-FT.
+
+    The head is trained on the frozen encoder for `probe_epochs` at the common finetuning lr,
+    then the whole model at `lr`, the encoder at `encoder_lr_scale` of it
+    (models/finetune.py). Why: on the demo, end
+    to end finetuning from the first step scored below the frozen probe of the same encoder,
+    the signature of pretrained features overwritten by a fresh head's gradients.
+    """
+
+    probe_epochs: int = 50
+    lr: float = 3e-4
+    encoder_lr_scale: float = 0.1
+
+
+@dataclass(frozen=True)
 class ProtocolConfig:
     """Folds, seeds and training knobs (params.yaml `finetune` and `evaluate`)."""
 
@@ -69,7 +85,7 @@ class ProtocolConfig:
     repeats: int = 1
     val_fraction: float = 0.2
     split_seed: int = 0
-    jepa_encoder_lr_scale: float = 0.5
+    jepa: JepaRecipe = field(default_factory=JepaRecipe)
     crop_spacing_mm: float = 1.0
     readout: str = DEFAULT_READOUT
     reader: ReaderError = field(default_factory=ReaderError)
@@ -144,7 +160,9 @@ def new_model(
     return DiagnosticModel(MultimodalEncoder(template.config), modalities, readout)
 
 
-def run_config(name: str, base: FinetuneConfig, seed: int, jepa_lr_scale: float) -> FinetuneConfig:
+def run_config(
+    name: str, base: FinetuneConfig, seed: int, jepa: JepaRecipe = JepaRecipe()
+) -> FinetuneConfig:
     """The finetuning recipe of each model kind (same base, only what differs).
 
     A pretrained encoder keeps the EHR normalisation it was pretrained with (fitted on the
@@ -152,7 +170,14 @@ def run_config(name: str, base: FinetuneConfig, seed: int, jepa_lr_scale: float)
     """
     config = replace(base, seed=seed)
     if name == "jepa":
-        return replace(config, encoder_lr_scale=jepa_lr_scale, fit_ehr_normalisation=False)
+        return replace(
+            config,
+            probe_epochs=jepa.probe_epochs,
+            probe_lr=config.lr,
+            lr=jepa.lr,
+            encoder_lr_scale=jepa.encoder_lr_scale,
+            fit_ehr_normalisation=False,
+        )
     if name == "jepa_probe":
         return replace(config, freeze_encoder=True, fit_ehr_normalisation=False)
     return config
@@ -248,7 +273,7 @@ def run_protocol(
 
         def train_one(train: ExampleSet, val: ExampleSet, seed: int) -> DiagnosticModel:
             model = new_model(name, template, pretrained, seed, config.readout)
-            recipe = run_config(name, config.finetune, seed, config.jepa_encoder_lr_scale)
+            recipe = run_config(name, config.finetune, seed, config.jepa)
             result = finetune(model, train, val, recipe, progress=progress)
             if record:
                 histories.setdefault(name, []).append(result.history)

@@ -137,11 +137,13 @@ def results_markdown(
     agreement: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
     probe: Mapping[str, float] | None = None,
     ablation: Mapping[str, Any] | None = None,
+    pretrain_ablation: Mapping[str, Any] | None = None,
 ) -> str:
     """Render docs/RESULTS.md from metrics/evaluation.json (combine_cohort_results shape).
 
     evaluation may also hold "protocol", "comparisons" (preregistered_comparisons) and
-    "label_efficiency" (label_efficiency_summary); ablation is metrics/ablation.json.
+    "label_efficiency" (label_efficiency_summary); ablation is metrics/ablation.json,
+    pretrain_ablation metrics/pretrain_ablation.json.
 
     agreement: per cohort, rank_agreement of the models' predictions (a Spearman matrix).
     probe: the encoder card's frozen-encoder probes (pretrained vs random initialisation).
@@ -209,6 +211,8 @@ def results_markdown(
         out += ["", _label_efficiency_section(evaluation["label_efficiency"])]
     if ablation:
         out += ["", _ablation_section(ablation)]
+    if pretrain_ablation:
+        out += ["", _pretrain_ablation_section(pretrain_ablation)]
     if probe:
         out += ["", _probe_section(probe)]
     if agreement:
@@ -296,6 +300,32 @@ def _ablation_section(ablation: Mapping[str, Any]) -> str:
             f"| `{row['readout']}` | `{row['patch_stem']}` | `{row['model']}` "
             f"| {_fmt(row['auc'])} [{_fmt(row['ci'][0])}, {_fmt(row['ci'][1])}] | {row['n']} "
             f"| {_fmt(row['seconds_per_fold'], 1)} |"
+        )
+    if ablation.get("provenance"):
+        lines += ["", f"Measured by `{ablation['provenance']}`."]
+    return "\n".join(lines)
+
+
+def _pretrain_ablation_section(ablation: Mapping[str, Any]) -> str:
+    """JEPA ingredients (metrics/pretrain_ablation.json from `lungjepa ablation --pretrain`)."""
+    lines = [
+        "## What each JEPA ingredient is worth",
+        "",
+        str(ablation.get("note", "")),
+        "",
+        "| variant | changes | model | internal AUC (OOF) [95% CI] | external AUC "
+        "| diameter R^2, centre token | diameter R^2, mean pool | archive | EMA target-to-init "
+        "| pretraining s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in ablation.get("rows", []):
+        changes = ", ".join(f"{k}={v}" for k, v in row["overrides"].items()) or "none"
+        lines.append(
+            f"| `{row['variant']}` | {changes} | `{row['model']}` "
+            f"| {_fmt(row['auc'])} [{_fmt(row['ci'][0])}, {_fmt(row['ci'][1])}] "
+            f"| {_fmt(row['external_auc'])} | {_fmt(row['diameter_r2_centre'])} "
+            f"| {_fmt(row['diameter_r2_mean'])} | {row['n_archive']} "
+            f"| {_fmt(row.get('ema_target_to_init'))} | {_fmt(row['pretrain_seconds'], 0)} |"
         )
     if ablation.get("provenance"):
         lines += ["", f"Measured by `{ablation['provenance']}`."]

@@ -107,6 +107,41 @@ def test_finetune_is_deterministic_and_probe_freezes_encoder(cohort) -> None:
         assert torch.equal(value, c.model.state_dict()[key]), key
 
 
+def test_lp_ft_probes_with_the_encoder_frozen_then_never_ends_worse_than_the_probe(cohort) -> None:
+    """LP-FT: the probe stage leaves the encoder as it was; the end-to-end stage starts from
+    the probe's best weights and keeps them unless an epoch beats its validation loss."""
+    small = {k: v.subset(np.arange(min(len(v), 96))) for k, v in cohort.items()}
+    model = _model()
+    before = {k: v.clone() for k, v in model.encoder.state_dict().items() if "ehr_" not in k}
+    probe_only = FinetuneConfig(
+        epochs=3, batch_size=16, lr=3e-3, warmup_epochs=1, freeze_encoder=True
+    )
+    probe = finetune(_model(), small["train"], small["val"], probe_only, progress=False)
+    probe_loss = min(h["val_loss"] for h in probe.history)
+
+    # A finetuning stage that cannot move (lr 0 after the probe) keeps the probe's weights.
+    frozen_stage = FinetuneConfig(
+        epochs=2, batch_size=16, lr=0.0, warmup_epochs=1, probe_epochs=3, probe_lr=3e-3
+    )
+    kept = finetune(model, small["train"], small["val"], frozen_stage, progress=False)
+    stages = [h["stage"] for h in kept.history]
+    assert stages == ["probe"] * 3 + ["finetune"] * (len(stages) - 3) and "finetune" in stages
+    after = kept.model.encoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert kept.val_loss == pytest.approx(probe_loss, abs=1e-9)  # same seed: the same probe
+    for key, value in probe.model.state_dict().items():
+        assert torch.equal(value, kept.model.state_dict()[key]), key
+
+    # With a learning encoder, validation loss is never above the probe's.
+    tuned_config = FinetuneConfig(
+        epochs=4, batch_size=16, lr=1e-3, warmup_epochs=1, probe_epochs=3, probe_lr=3e-3
+    )
+    tuned = finetune(_model(), small["train"], small["val"], tuned_config, progress=False)
+    assert tuned.val_loss <= probe_loss + 1e-12
+    finetune_losses = [h["val_loss"] for h in tuned.history if h["stage"] == "finetune"]
+    assert tuned.val_loss == pytest.approx(min([probe_loss, *finetune_losses]), abs=1e-9)
+
+
 def test_split_is_stratified_disjoint_and_covering() -> None:
     labels = np.array([0] * 70 + [1] * 30)
     split = stratified_patient_split(labels, {"train": 0.6, "val": 0.2, "test": 0.2}, seed=3)

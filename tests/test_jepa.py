@@ -38,7 +38,12 @@ from models.jepa.pretrain import (
     monitor_target,
     pretrain,
 )
-from models.jepa.probe import diameter_probe_r2, encoder_features, linear_probe_auc
+from models.jepa.probe import (
+    diameter_probe_cv_r2,
+    diameter_probe_r2,
+    encoder_features,
+    linear_probe_auc,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -421,6 +426,22 @@ def test_diameter_probe_reads_nodule_size_from_image_tokens_only() -> None:
     assert diameter_probe_r2(encoder, train, shuffled) < 0.1  # no size signal left to read
     # centre patch token(s) beside the mean of the latest scan: 2 x embed_dim
     assert encoder_features(encoder, test, image_only=True).shape == (len(test), 64)
+
+
+def test_cross_validated_diameter_probe_pools_as_named_and_needs_signal() -> None:
+    examples = random_examples(100, 2, 24, n_ehr=4, seed=3)  # 3 x 3 x 3 patches: one centre
+    encoder = build_encoder(examples, PretrainConfig(**TINY))
+    centre = diameter_probe_cv_r2(encoder, examples, "centre")
+    assert centre > 0.3  # planted spheres sit in the centre patch
+    assert diameter_probe_cv_r2(encoder, examples, "mean") != pytest.approx(centre)
+    shuffled = dataclasses.replace(
+        examples, diameter_mm=np.random.default_rng(0).permutation(examples.diameter_mm)
+    )
+    assert diameter_probe_cv_r2(encoder, shuffled, "centre") < 0.1
+    with pytest.raises(ValueError, match="pooling"):
+        diameter_probe_cv_r2(encoder, examples, "max")
+    with pytest.raises(ValueError, match="needs >= 10 nodules"):
+        diameter_probe_cv_r2(encoder, examples.subset(np.arange(6)), "centre")
 
 
 def test_checkpoint_is_atomic_and_restores_rng_streams(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from models.finetune import FinetuneConfig, finetune, predict_proba
 from models.protocol import (
     BASELINE_MODELS,
     NEURAL_MODELS,
+    JepaRecipe,
     ProtocolConfig,
     evaluate_predictions,
     label_efficiency_frame,
@@ -33,6 +34,7 @@ CONFIG = ProtocolConfig(
     finetune=FinetuneConfig(epochs=2, batch_size=16, patience=2),
     seeds=(0,),
     folds=3,
+    jepa=JepaRecipe(probe_epochs=1),
     label_fractions=(0.5,),
     label_efficiency_models=("jepa", "multimodal"),
 )
@@ -73,7 +75,7 @@ def test_out_of_fold_prediction_comes_from_the_model_that_never_saw_the_fold(
     internal, _, pretrained, result = protocol_result
     fold = result.folds[1]
     model = new_model("multimodal", pretrained, pretrained, seed=0, readout=CONFIG.readout)
-    recipe = run_config("multimodal", CONFIG.finetune, 0, CONFIG.jepa_encoder_lr_scale)
+    recipe = run_config("multimodal", CONFIG.finetune, 0, CONFIG.jepa)
     trained = finetune(
         model, internal.subset(fold.train), internal.subset(fold.val), recipe, progress=False
     ).model

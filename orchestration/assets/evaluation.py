@@ -24,6 +24,7 @@ from models.figures import plot_label_efficiency, plot_reliability, plot_roc
 from models.finetune import FinetuneConfig, save_model
 from models.jepa.pretrain import data_hash
 from models.protocol import (
+    JepaRecipe,
     ProtocolConfig,
     evaluate_predictions,
     label_efficiency_frame,
@@ -74,7 +75,7 @@ class DiagnosticConfig(dg.Config):
     readout: str = _FINETUNE["readout"]
     label_fractions: list[float] = _FINETUNE["label_fractions"]
     label_efficiency_models: list[str] = _FINETUNE["label_efficiency_models"]
-    jepa_encoder_lr_scale: float = _FINETUNE["jepa_encoder_lr_scale"]
+    jepa: dict[str, float] = _FINETUNE["jepa"]
     split_seed: int = _EVALUATE["seed"]
     reader: dict[str, float] = _EVALUATE["reader"]
     crop_spacing_mm: float = _CURATE["crop_spacing_mm"]
@@ -97,7 +98,7 @@ class DiagnosticConfig(dg.Config):
             label_fractions=tuple(self.label_fractions),
             label_efficiency_models=tuple(self.label_efficiency_models),
             split_seed=self.split_seed,
-            jepa_encoder_lr_scale=self.jepa_encoder_lr_scale,
+            jepa=JepaRecipe(**self.jepa),
             crop_spacing_mm=self.crop_spacing_mm,
             reader=ReaderError(**self.reader, seed=self.split_seed),
         )
@@ -242,10 +243,20 @@ def evaluation(
     agreement = {cohort: rank_agreement(predictions[cohort]) for cohort in labels}
     encoder_card = paths.artifacts / "encoders" / encoder_version / "card.json"
     probe = json.loads(encoder_card.read_text()).get("probe") if encoder_card.exists() else None
-    ablation_path = metrics / "ablation.json"
-    ablation = json.loads(ablation_path.read_text()) if ablation_path.exists() else None
+    ablations = {
+        name: json.loads(path.read_text()) if (path := metrics / f"{name}.json").exists() else None
+        for name in ("ablation", "pretrain_ablation")
+    }
     markdown = results_markdown(
-        evaluation_json, PAPER_AUC, study, provenance, drift, agreement, probe, ablation
+        evaluation_json,
+        PAPER_AUC,
+        study,
+        provenance,
+        drift,
+        agreement,
+        probe,
+        ablations["ablation"],
+        ablations["pretrain_ablation"],
     )
     atomic_write_text(Path(config.results_markdown), markdown)
     rows = [

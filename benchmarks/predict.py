@@ -30,7 +30,7 @@ from benchmarks.common import BenchResult, BenchSize, in_child, interleaved
 from benchmarks.pipeline import PIPELINE_MARKER, dagster_run
 from cohorts.dicom.scan import scan_dicom_tree
 from cohorts.files import atomic_write_bytes
-from cohorts.privacy import pseudonym_key, pseudonymise
+from cohorts.privacy import pseudonymise
 from models.onnx_runtime import predict_onnx
 from orchestration.params import section
 from orchestration.predict import (
@@ -52,7 +52,7 @@ PROFILE = "tiny"  # of a pipeline built here
 
 IMPORTS_ONLY = (
     "from orchestration import cli, predict\n"
-    "from cohorts.privacy import pseudonym_key\n"
+    "from cohorts.privacy import resolve_key\n"
     "with predict.refuse_torch():\n"
     "    import feature_repo.store\n"
 )
@@ -151,7 +151,6 @@ def run(
     curate = section("curate", profile)
     settings = CurationSettings(
         min_slices=int(curate["min_slices"]),
-        pseudonym_key=pseudonym_key(curate.get("pseudonym_key")),
         date_shift_max_days=int(curate.get("date_shift_max_days", 0)),
     )
     request = PredictRequest(
@@ -168,7 +167,7 @@ def run(
     session, spec = load_model(request.model_path)
     scan = read_scan(request.dicom_dir, request.patient_id, settings)
     crop = crop_nodule(scan.volume, request.nodule_xyz_mm, spec)
-    patient = pseudonymise(request.patient_id, settings.pseudonym_key, "patient")
+    patient = pseudonymise(request.patient_id, scan.pseudonym_key, "patient")
     ehr = online_ehr(
         patient, spec.ehr_feature_names, scan.scan_date, root / "data", REPO / "feature_repo"
     )

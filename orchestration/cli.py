@@ -249,7 +249,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     Exit status: 0 done; 2 a bad input (message on stderr); batch mode: 1 when some rows
     could not be predicted (each such row carries its ``error``).
     """
-    from cohorts.privacy import pseudonym_key
     from models.onnx_runtime import ModelIntegrityError
     from orchestration.predict import (
         BatchRequest,
@@ -277,7 +276,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     artifacts_dir = resolve_path(args.artifacts_dir or paths["artifacts"])
     settings = CurationSettings(
         min_slices=int(curate["min_slices"]),
-        pseudonym_key=pseudonym_key(curate.get("pseudonym_key")),
         date_shift_max_days=int(curate.get("date_shift_max_days", 0)),
     )
     try:

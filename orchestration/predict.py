@@ -23,7 +23,7 @@ import importlib.abc
 import json
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +31,10 @@ import numpy as np
 import pandas as pd
 
 from cohorts.dicom import CTVolume, SeriesError, nodule_crop
-from cohorts.dicom.scan import scan_dicom_tree
+from cohorts.dicom.scan import ScanResult, scan_dicom_tree
 from cohorts.dicom.series import select_series, validate_headers, volume_from_geometry
 from cohorts.ehr.features import AGE_AT_SCAN, add_age_at_scan, scan_timestamp
-from cohorts.privacy import date_shift_days, pseudonymise, shift_date
+from cohorts.privacy import date_shift_days, pseudonymise, resolve_key, shift_date
 from models.onnx_runtime import load_verified_session, predict_onnx
 
 DEFAULT_MODEL = "jepa"
@@ -64,11 +64,22 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class CurationSettings:
-    """The curation knobs that must match training: slice minimum, pseudonym key, date shift."""
+    """The curation knobs that must match training: slice minimum, pseudonym key, date shift.
+
+    pseudonym_key None (the default): resolved from the input like curation does
+    (cohorts/privacy.py): the demo key only when every series carries the generator's mark.
+    """
 
     min_slices: int
-    pseudonym_key: bytes
+    pseudonym_key: bytes | None = field(default=None, repr=False)
     date_shift_max_days: int = 0
+
+    def for_tree(self, tree: ScanResult) -> CurationSettings:
+        """These settings with the key resolved for the series found in `tree`."""
+        if self.pseudonym_key is not None:
+            return self
+        marks = [h.synthetic for headers in tree.series.values() for h in headers]
+        return replace(self, pseudonym_key=resolve_key(bool(marks) and all(marks)))
 
 
 @dataclass
@@ -78,6 +89,7 @@ class Scan:
     volume: CTVolume
     scan_date: dt.date
     warnings: list[str] = field(default_factory=list)
+    pseudonym_key: bytes = field(default=b"", repr=False)  # the key resolved for this folder
 
 
 @dataclass
@@ -187,6 +199,7 @@ def read_scan(
     if not tree.series:
         bad = ", ".join(sorted({reason for _, reason in tree.bad_files})) or "no files"
         raise PredictionError(f"no DICOM image series in {dicom_dir} ({bad})")
+    settings = settings.for_tree(tree)
     key = settings.pseudonym_key
     patients = {h.patient_id for headers in tree.series.values() for h in headers}
     if len(patients) > 1:
@@ -247,7 +260,9 @@ def read_scan(
             continue
         scan_date = dates[study] or at
         assert scan_date is not None  # a single undated study needs --at (checked above)
-        return Scan(volume=volume, scan_date=scan_date, warnings=warnings + errors)
+        return Scan(
+            volume=volume, scan_date=scan_date, warnings=warnings + errors, pseudonym_key=key
+        )
     raise PredictionError(f"no CT series of the study could be decoded: {'; '.join(errors)}")
 
 
@@ -412,9 +427,9 @@ class PredictRequest:
 def predict(request: PredictRequest) -> dict[str, Any]:
     """Read, crop, fetch features, run the verified model; the JSON-ready result."""
     session, spec = load_model(request.model_path)
-    key = request.curation.pseudonym_key
-    patient = pseudonymise(request.patient_id, key, "patient")
     scan = read_scan(request.dicom_dir, request.patient_id, request.curation, request.at)
+    key = scan.pseudonym_key
+    patient = pseudonymise(request.patient_id, key, "patient")
     crop = crop_nodule(scan.volume, request.nodule_xyz_mm, spec)
     warnings = list(scan.warnings)
     names = spec.ehr_feature_names
@@ -513,7 +528,8 @@ def predict_batch(request: BatchRequest) -> list[dict[str, Any]]:
     if not Path(request.dicom_root).is_dir():
         raise PredictionError(f"DICOM folder not found: {request.dicom_root}")
     tree = scan_dicom_tree(Path(request.dicom_root))
-    key = request.curation.pseudonym_key
+    settings = request.curation.for_tree(tree)
+    key = settings.pseudonym_key
     volumes: dict[str, tuple[CTVolume, dt.date] | str] = {}
     results: list[dict[str, Any]] = []
     ready: list[tuple[int, np.ndarray, str, dt.date]] = []
@@ -523,7 +539,7 @@ def predict_batch(request: BatchRequest) -> list[dict[str, Any]]:
         xyz = (float(rec.coordX), float(rec.coordY), float(rec.coordZ))
         results.append({"row": row, "series_id": series_id, "nodule_world_mm": list(xyz)})
         if uid not in volumes:
-            volumes[uid] = _batch_volume(tree.series.get(uid), request.curation)
+            volumes[uid] = _batch_volume(tree.series.get(uid), settings)
         loaded = volumes[uid]
         if isinstance(loaded, str):
             results[-1]["error"] = loaded

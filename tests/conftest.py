@@ -5,12 +5,19 @@ defaults are read from params.yaml at import time.
 """
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("LUNGJEPA_PROFILE", "tiny")
+# A test never touches the user's installation key (~/.local/share/lungjepa): real-data paths
+# create their own under a per-process temporary folder, inherited by subprocesses.
+os.environ.setdefault(
+    "LUNGJEPA_KEY_FILE", str(Path(tempfile.mkdtemp(prefix="lungjepa-key-")) / "pseudonym.key")
+)
+os.environ.pop("LUNGJEPA_PSEUDONYM_KEY", None)  # tests that want one set it themselves
 
 
 @pytest.fixture(scope="session")

@@ -406,7 +406,7 @@ def test_config_from_params_file() -> None:
     params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())["curate"]
     cfg = CurationConfig.from_params(params)
     assert cfg.crop_size_vox == params["crop_size_vox"] and cfg.min_slices == params["min_slices"]
-    assert isinstance(cfg.pseudonym_key, bytes)
+    assert cfg.pseudonym_key is None  # never a setting: resolved per cohort (cohorts/privacy.py)
 
 
 def test_unusable_arguments_raise(tmp_path: Path) -> None:

@@ -98,7 +98,7 @@ def feast_store_with_ehr(data_dir: Path, root: Path, patient_id: str) -> None:
     )
 
     from cohorts.ehr import build_feature_tables, combine_cohorts, fit_signatures
-    from cohorts.privacy import pseudonym_key
+    from cohorts.privacy import resolve_key
     from feature_repo.store import apply_definitions, open_store, write_sources
 
     signatures = fit_signatures(archive_ehr(root / "archive_ehr"), N_SIG, LOOKBACK, as_of=AS_OF)
@@ -109,7 +109,7 @@ def feast_store_with_ehr(data_dir: Path, root: Path, patient_id: str) -> None:
             "condition_occurrence": [f"{patient_id},J44.9,2019-03-01"],  # before the scan
         },
     )
-    key = pseudonym_key(section("curate")["pseudonym_key"])  # the key curation used
+    key = resolve_key(synthetic=False)  # the key curation uses for this (unmarked) batch
     built = build_feature_tables(ehr, "internal", key, signatures, LOOKBACK, as_of=AS_OF)
     write_sources(combine_cohorts([built]), data_dir)
     apply_definitions(open_store(REPO_DIR, data_dir), data_dir, TTL_DAYS, N_SIG)

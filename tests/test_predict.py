@@ -18,11 +18,10 @@ from dicom_factory import write_ct_series
 
 from cohorts.dicom.scan import scan_dicom_tree
 from cohorts.ehr.features import AGE_AT_SCAN, add_age_at_scan, scan_timestamp
-from cohorts.privacy import pseudonym_key, pseudonymise
+from cohorts.privacy import pseudonymise, resolve_key
 from feature_repo.store import online_features, open_store
 from models.onnx_runtime import load_verified_session, predict_onnx
 from orchestration import cli
-from orchestration.params import section
 from orchestration.predict import (
     EhrInput,
     ModelSpec,
@@ -35,7 +34,7 @@ from orchestration.predict import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-KEY = pseudonym_key(section("curate")["pseudonym_key"])
+KEY = resolve_key(synthetic=True)  # the tiny pipeline's data is the generator's, marked
 UNKNOWN_MRN = "MRN-NOT-IN-THE-STORE-77"
 
 

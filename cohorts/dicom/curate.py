@@ -39,7 +39,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ from tqdm import tqdm
 
 from cohorts.dicom.crops import nodule_crop
 from cohorts.dicom.scan import (
+    ScanResult,
     SliceHeader,
     group_headers,
     iter_files,
@@ -65,7 +66,15 @@ from cohorts.dicom.series import (
     volume_from_geometry,
 )
 from cohorts.files import atomic_output
-from cohorts.privacy import date_shift_days, pseudonym_key, pseudonymise, shift_date
+from cohorts.privacy import (
+    SYNTHETIC_MARKER,
+    date_shift_days,
+    is_marked_synthetic,
+    key_fingerprint,
+    pseudonymise,
+    resolve_key,
+    shift_date,
+)
 
 CURATION_VERSION = "2"  # 2: lung_hu_median, lung_fraction, orientation_max_offdiag
 _STR, _F64, _I64 = pa.string(), pa.float64(), pa.int64()
@@ -111,16 +120,15 @@ class CurationConfig:
     crop_spacing_mm: float = 1.0
     min_slices: int = 16
     workers: int = 2
-    pseudonym_key: bytes = b"lungjepa-demo-key-not-secret"
+    pseudonym_key: bytes | None = None  # None: cohorts/privacy.py resolve_key, per cohort
     date_shift_max_days: int = 0
     nodule_match_tolerance_mm: float = 10.0
 
     @classmethod
     def from_params(cls, section: Mapping[str, Any]) -> CurationConfig:
-        """From ``params.yaml`` section ``curate``; LUNGJEPA_PSEUDONYM_KEY overrides the key."""
+        """From ``params.yaml`` section ``curate``; the key is never a setting (resolved per cohort)."""
         names = {f.name for f in fields(cls)} - {"pseudonym_key"}
-        known = {k: v for k, v in section.items() if k in names}
-        return cls(**known, pseudonym_key=pseudonym_key(section.get("pseudonym_key")))
+        return cls(**{k: v for k, v in section.items() if k in names})
 
 
 @dataclass
@@ -138,6 +146,8 @@ class CurationSummary:
     skipped_files: int = 0
     nodules_outside_volume: int = 0
     seconds: float = 0.0
+    synthetic: bool | None = None  # None: the caller gave the key
+    key_fingerprint: str = ""  # cohorts/privacy.py key_fingerprint (never the key)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -371,6 +381,25 @@ def _match_nodules(nodules: pd.DataFrame, tolerance_mm: float, key: bytes) -> pd
 # ---------------------------------------------------------------- driver
 
 
+def cohort_is_synthetic(raw_dir: Path, scan: ScanResult) -> bool:
+    """Is this cohort the generator's output, so that the demo key may pseudonymise it?
+
+    Only when the folder carries the generator's marker file and every series the generator's
+    DICOM mark; a marker over series without the mark (real files copied into a generated
+    folder) is refused rather than pseudonymised with a published key.
+    """
+    if not is_marked_synthetic(raw_dir):
+        return False
+    unmarked = sum(not all(h.synthetic for h in hs) for hs in scan.series.values())
+    if unmarked:
+        raise ValueError(
+            f"{raw_dir} carries {SYNTHETIC_MARKER} but {unmarked} of its {len(scan.series)} "
+            "series lack the generator's mark; remove the marker to curate it as real data "
+            "(with this installation's private key)"
+        )
+    return True
+
+
 def curate_cohort(
     raw_dir: Path, out_dir: Path, config: CurationConfig, progress: bool = True
 ) -> CurationSummary:
@@ -419,12 +448,17 @@ def _curate(
         p for d in (out_dir, out_dir / "volumes", out_dir / "crops") for p in d.glob(".*.tmp")
     ]:
         stale.unlink(missing_ok=True)  # left by a killed run (atomic_output's temp files)
-    key = config.pseudonym_key
     summary = CurationSummary()
 
     # 1-2. headers, grouped by series
     files = list(iter_files(dicom_dir))
     scan = group_headers(_pool_map(read_header_or_skip, files, config.workers, "headers", progress))
+    if config.pseudonym_key is None:
+        synthetic = cohort_is_synthetic(raw_dir, scan)
+        config = replace(config, pseudonym_key=resolve_key(synthetic))
+        summary.synthetic = synthetic
+    key = config.pseudonym_key
+    summary.key_fingerprint = key_fingerprint(key)
     summary.skipped_files = len(scan.skipped_files)
     annotations = _read_annotations(raw_dir)
     previous, prev_nodules, prev_quarantine = _read_previous(out_dir)

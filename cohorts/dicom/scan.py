@@ -35,6 +35,8 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from cohorts.privacy import SYNTHETIC_DICOM_MARK
+
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _UID_LIKE = re.compile(r"^\d+(\.\d+){3,}$")
@@ -62,6 +64,7 @@ class SliceHeader:
     n_frames: int
     problem: str = ""  # a file-level reason when the file is an image that cannot be used
     identifiers: tuple[str, ...] = ()  # raw PHI strings, only to redact them from file paths
+    synthetic: bool = False  # carries the built-in generator's mark (cohorts/privacy.py)
 
 
 @dataclass
@@ -227,6 +230,7 @@ def read_header(path: Path) -> SliceHeader | tuple[Path, str] | None:
             n_frames=int(ds.get("NumberOfFrames", 1) or 1),
             problem=problem,
             identifiers=_identifiers(ds),
+            synthetic=str(ds.get("DeidentificationMethod", "") or "") == SYNTHETIC_DICOM_MARK,
         )
     except Exception:  # noqa: BLE001 - a value that does not convert is a broken header
         return path, "unreadable_header"

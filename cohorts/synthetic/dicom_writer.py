@@ -23,6 +23,7 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
 )
 
+from cohorts.privacy import SYNTHETIC_DICOM_MARK
 from cohorts.synthetic.config import ScannerSite
 from cohorts.synthetic.phantom import RESCALE_INTERCEPT_HU, ScanGeometry
 
@@ -94,6 +95,9 @@ def _base_dataset(info: StudyInfo, site: ScannerSite, sop_class: str, sop_uid: s
     ds.StudyDescription = "CT CHEST WO CONTRAST"
     ds.PatientName = info.patient_name
     ds.PatientID = info.patient_id
+    # the generator's mark: the demo key may pseudonymise this series (cohorts/privacy.py)
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = SYNTHETIC_DICOM_MARK
     ds.PatientBirthDate = info.birth_date
     ds.PatientSex = info.sex
     ds.PatientAge = f"{min(info.age_years, 999):03d}Y"

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from cohorts.privacy import write_synthetic_marker
 from cohorts.synthetic.causal import diameter_at, sample_cohort_latents
 from cohorts.synthetic.config import COHORTS, SynthConfig
 from cohorts.synthetic.dicom_writer import (
@@ -398,6 +399,9 @@ def generate_archive(out_dir: Path, config: SynthConfig, progress: bool = True) 
                 results.append(result)
                 bar.update(1)
             _write_cohort_tables(tmp, cohort, results)
+            write_synthetic_marker(
+                tmp, f"cohorts.synthetic preset={config.preset} seed={config.seed}"
+            )
             _replace_dir(tmp, out_dir / cohort)
             malignant = [r["patient"]["malignant"] for r in results]
             summary["cohorts"][cohort] = {

@@ -57,7 +57,8 @@ def raw_archive(
 
 
 class CurationRunConfig(dg.Config):
-    """Curation knobs (params.yaml `curate`); the key may be overridden by LUNGJEPA_PSEUDONYM_KEY."""
+    """Curation knobs (params.yaml `curate`). The pseudonym key is not one: it never enters run
+    config (the launchpad and run history would show it); cohorts/privacy.py resolves it."""
 
     crop_size_vox: int = _CURATE["crop_size_vox"]
     crop_spacing_mm: float = _CURATE["crop_spacing_mm"]
@@ -65,7 +66,6 @@ class CurationRunConfig(dg.Config):
     workers: int = _CURATE["workers"]
     date_shift_max_days: int = _CURATE["date_shift_max_days"]
     nodule_match_tolerance_mm: float = _CURATE["nodule_match_tolerance_mm"]
-    pseudonym_key: str = _CURATE["pseudonym_key"]
 
     def domain(self) -> CurationConfig:
         return CurationConfig.from_params(self.model_dump())
@@ -82,11 +82,12 @@ class CurationRunConfig(dg.Config):
 def curated_scans(
     context: dg.AssetExecutionContext, config: CurationRunConfig, paths: PipelinePaths
 ) -> dg.MaterializeResult:
-    rows, numbers = [], {}
+    rows, numbers, fingerprints = [], {}, {}
     for cohort in COHORTS:
         summary = curate_cohort(paths.raw(cohort), paths.curated(cohort), config.domain())
         stats = summary.to_dict()
         numbers[cohort] = stats
+        fingerprints[f"key_fingerprint/{cohort}"] = summary.key_fingerprint
         rows.append(
             {
                 "cohort": cohort,
@@ -101,6 +102,7 @@ def curated_scans(
         metadata={
             "cohorts": markdown_table(rows),
             **dvc_metadata(paths.data / "curated"),
+            **fingerprints,
             **flat_numbers(numbers),
         },
     )

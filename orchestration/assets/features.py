@@ -14,7 +14,7 @@ from cohorts.ehr.features import (
     scan_timestamp,
 )
 from cohorts.examples import assemble_examples, save_examples, scan_entities
-from cohorts.privacy import pseudonym_key
+from cohorts.privacy import is_marked_synthetic, key_fingerprint, resolve_key
 from feature_repo import store as feast_store
 from orchestration.assets.data import curated_scans, raw_archive
 from orchestration.dvc_versions import dvc_metadata
@@ -23,7 +23,6 @@ from orchestration.params import section
 from orchestration.resources import COHORTS, FeatureStoreResource, PipelinePaths
 
 _FEATURES = section("features")
-_CURATE = section("curate")
 _EXAMPLES = section("examples")
 
 
@@ -33,7 +32,6 @@ class FeaturesConfig(dg.Config):
     n_signatures: int = _FEATURES["n_signatures"]
     lookback_days: int = _FEATURES["lookback_days"]
     ttl_days: int = _FEATURES["ttl_days"]
-    pseudonym_key: str = _CURATE["pseudonym_key"]
 
 
 @dg.asset(
@@ -56,10 +54,11 @@ def ehr_features(
     )
     signatures_path = paths.artifacts / "signatures" / "signatures.npz"
     signatures.save(signatures_path)
-    key = pseudonym_key(config.pseudonym_key)
+    # the same key as curation gives the cohort's CT ids, so CT and EHR rows still link
+    keys = {cohort: resolve_key(is_marked_synthetic(paths.raw(cohort))) for cohort in COHORTS}
     parts = {
         cohort: build_feature_tables(
-            paths.raw(cohort) / "ehr", cohort, key, signatures, config.lookback_days
+            paths.raw(cohort) / "ehr", cohort, keys[cohort], signatures, config.lookback_days
         )
         for cohort in COHORTS
     }
@@ -78,6 +77,7 @@ def ehr_features(
         metadata={
             "views": markdown_table(rows),
             "signatures_path": dg.MetadataValue.path(str(signatures_path)),
+            **{f"key_fingerprint/{c}": key_fingerprint(k) for c, k in keys.items()},
             **flat_numbers(quality, prefix="quality/"),
         }
     )

@@ -48,8 +48,11 @@ def materialize(selection: list[str] | None, run_config: dict[str, Any] | None =
     )
 
 
-def _summary(elapsed_s: float) -> str:
+def _summary(elapsed_s: float, root: Path | None = None) -> str:
     paths = section("paths")
+    if root is not None:
+        paths = {"data": str(root / "data"), "artifacts": str(root / "artifacts"),
+                 "metrics": str(root / "metrics")}  # fmt: skip
     metrics, artifacts = resolve_path(paths["metrics"]), resolve_path(paths["artifacts"])
     lines = [f"LungJEPA demo finished in {elapsed_s / 60:.1f} min", ""]
     lines.append(f"  raw archive      {resolve_path(paths['data']) / 'raw'}")
@@ -61,7 +64,8 @@ def _summary(elapsed_s: float) -> str:
         for name, rel in pointer["models"].items():
             lines.append(f"  ONNX ({name:<12}) {artifacts / rel}")
     lines.append(f"  metrics          {metrics}")
-    lines.append(f"  results          {REPO_ROOT / 'docs' / 'RESULTS.md'}")
+    results_md = REPO_ROOT / "docs" / "RESULTS.md" if root is None else root / "RESULTS.md"
+    lines.append(f"  results          {results_md}")
     evaluation = metrics / "evaluation.json"
     if evaluation.exists():
         results = json.loads(evaluation.read_text())
@@ -76,12 +80,31 @@ def _summary(elapsed_s: float) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """The whole pipeline on the synthetic default; --seed N --out DIR: a replicate on data
+    drawn with another generator seed, in its own folders (data/, artifacts/, metrics/,
+    RESULTS.md under DIR), so the default demo's outputs are left as they are."""
+    from orchestration.resources import resources_under
+
     start = time.perf_counter()
-    result = materialize(None)
+    run_config: dict[str, Any] = {}
+    root = None
+    if args.seed is not None or args.out is not None:
+        if args.seed is None or args.out is None:
+            print("lungjepa demo: give --seed and --out together", file=sys.stderr)
+            return 2
+        root = Path(args.out).resolve()
+        run_config = {
+            "resources": resources_under(root),
+            "ops": {
+                "raw_archive": {"config": {"seed": args.seed}},
+                "evaluation": {"config": {"results_markdown": str(root / "RESULTS.md")}},
+            },
+        }
+    result = materialize(None, run_config)
     if not result.success:
         print("demo failed: see the Dagster run log above", file=sys.stderr)
         return 1
-    print(_summary(time.perf_counter() - start))
+    print(_summary(time.perf_counter() - start, root))
     return 0
 
 
@@ -326,9 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", help="params.yaml profile, e.g. tiny (default: none)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("demo", help="run the whole pipeline on the synthetic default").set_defaults(
-        func=cmd_demo
-    )
+    demo = sub.add_parser("demo", help="run the whole pipeline on the synthetic default")
+    demo.add_argument("--seed", type=int, help="generator seed of a replicate (with --out)")
+    demo.add_argument("--out", help="folder of the replicate's data, artifacts and results")
+    demo.set_defaults(func=cmd_demo)
     mat = sub.add_parser("materialize", help="materialise named assets (comma-separated)")
     mat.add_argument("--select", action="append", required=True)
     mat.set_defaults(func=cmd_materialize)

@@ -79,12 +79,23 @@ def _summary(elapsed_s: float, root: Path | None = None) -> str:
     return "\n".join(lines)
 
 
+def replicate_run_config(root: Path, seed: int) -> dict[str, Any]:
+    """Run config of a demo replicate: every folder under ``root``, the generator at ``seed``."""
+    from orchestration.resources import resources_under
+
+    return {
+        "resources": resources_under(root),
+        "ops": {
+            "raw_archive": {"config": {"seed": seed}},
+            "evaluation": {"config": {"results_markdown": str(root / "RESULTS.md")}},
+        },
+    }
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole pipeline on the synthetic default; --seed N --out DIR: a replicate on data
     drawn with another generator seed, in its own folders (data/, artifacts/, metrics/,
     RESULTS.md under DIR), so the default demo's outputs are left as they are."""
-    from orchestration.resources import resources_under
-
     start = time.perf_counter()
     run_config: dict[str, Any] = {}
     root = None
@@ -93,13 +104,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print("lungjepa demo: give --seed and --out together", file=sys.stderr)
             return 2
         root = Path(args.out).resolve()
-        run_config = {
-            "resources": resources_under(root),
-            "ops": {
-                "raw_archive": {"config": {"seed": args.seed}},
-                "evaluation": {"config": {"results_markdown": str(root / "RESULTS.md")}},
-            },
-        }
+        run_config = replicate_run_config(root, args.seed)
     result = materialize(None, run_config)
     if not result.success:
         print("demo failed: see the Dagster run log above", file=sys.stderr)

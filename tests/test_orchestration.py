@@ -209,3 +209,17 @@ def test_gpu_pool_admits_one_step_at_a_time() -> None:
         assert info.slot_count == 1 and info.using_default_limit
         storage.free_concurrency_slots_for_run("run-a")
         assert storage.claim_concurrency_slot("gpu", "run-b", "diagnostic_models").is_claimed
+
+
+def test_demo_replicate_runs_the_same_job_with_another_seed_in_its_own_folders(
+    tmp_path: Path,
+) -> None:
+    from orchestration import cli
+
+    run_config = cli.replicate_run_config(tmp_path / "seed7", 7)
+    job = defs.resolve_job_def("full_pipeline")
+    assert dg.validate_run_config(job, run_config)  # raises if Dagster rejects it
+    assert run_config["ops"]["raw_archive"]["config"] == {"seed": 7}
+    folders = run_config["resources"]["paths"]["config"]
+    assert all(Path(v).is_relative_to(tmp_path / "seed7") for v in folders.values())
+    assert cli.main(["demo", "--seed", "7"]) == 2  # --out is required with --seed

@@ -271,6 +271,32 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     return 0 if materialize(["evaluation"]).success else 1
 
 
+def cmd_promote(args: argparse.Namespace) -> int:
+    """Move the production pointer by hand (`promote VERSION`, `rollback`); logged like the gate."""
+    from models.promotion import read_log, rollback_target
+    from orchestration.assets.export import PROMOTION_LOG, move_production
+    from orchestration.resources import PipelinePaths
+
+    paths = PipelinePaths(**({"artifacts_dir": args.artifacts_dir} if args.artifacts_dir else {}))
+    models = paths.artifacts / "models"
+    try:
+        if args.command == "promote":
+            record = move_production(paths, args.version, "promote", args.reason)
+        else:
+            pointer = models / "production.json"
+            current = json.loads(pointer.read_text())["version"] if pointer.exists() else None
+            target = rollback_target(read_log(models / PROMOTION_LOG), current)
+            if target is None:
+                print("lungjepa rollback: no earlier production model in the log", file=sys.stderr)
+                return 2
+            record = move_production(paths, target, "rollback", args.reason)
+    except ValueError as error:
+        print(f"lungjepa {args.command}: {error}", file=sys.stderr)
+        return 2
+    print(f"production model: {record['challenger']} (was {record['champion']}); logged")
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """Torch-free: reads DICOM with the curation code, Feast online features, verified ONNX.
 
@@ -369,6 +395,16 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--seeds", help="comma-separated, default params.yaml study.seeds")
     study.add_argument("--out", help="folder for the cells' data (default data/study)")
     study.set_defaults(func=cmd_study)
+
+    promote = sub.add_parser("promote", help="point production at a model version by hand")
+    promote.add_argument("version")
+    promote.add_argument("--reason", default="promoted by hand")
+    promote.add_argument("--artifacts-dir", help="default params.yaml paths.artifacts")
+    promote.set_defaults(func=cmd_promote)
+    rollback = sub.add_parser("rollback", help="point production back at the previous model")
+    rollback.add_argument("--reason", default="rolled back by hand")
+    rollback.add_argument("--artifacts-dir", help="default params.yaml paths.artifacts")
+    rollback.set_defaults(func=cmd_promote)
 
     ablation = sub.add_parser(
         "ablation", help="readout / tokenizer ablation, out of fold (metrics/ablation.json)"

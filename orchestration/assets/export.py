@@ -10,14 +10,19 @@ from cohorts.files import atomic_write_json
 from models.data import FIELDS, load_examples
 from models.export import export_onnx, record_parity, verify_parity
 from models.finetune import load_model
+from models.onnx_runtime import load_verified_session, predict_onnx
+from models.promotion import PromotionConfig, append_log, decide, manual_decision, read_log
 from models.protocol import Ensemble
 from orchestration.assets.evaluation import evaluation, latest_models
+from orchestration.dvc_versions import dvc_md5
 from orchestration.metadata import markdown_table
 from orchestration.params import section
 from orchestration.resources import PipelinePaths
 
 _EXPORT = section("export")
 _CURATE = section("curate")
+_PROMOTION = section("promotion")
+PROMOTION_LOG = "promotions.jsonl"
 EXPORTED_MODELS: tuple[str, ...] = ("jepa", "imaging_only")
 
 
@@ -101,19 +106,124 @@ def onnx_model(
     )
 
 
+class PromotionRunConfig(dg.Config):
+    """params.yaml `promotion` (the non-inferiority gate of models/promotion.py)."""
+
+    margin: float = _PROMOTION["margin"]
+    alpha: float = _PROMOTION["alpha"]
+    bootstrap_replicates: int = _PROMOTION["bootstrap_replicates"]
+    model: str = _PROMOTION["model"]
+
+    def domain(self) -> PromotionConfig:
+        return PromotionConfig(self.margin, self.alpha, self.bootstrap_replicates)
+
+
+def _parity_checks(paths: PipelinePaths, exported: dict[str, str]) -> dict[str, bool]:
+    """parity/<model>: did the exported ONNX model match torch (its card, written by onnx_model)?"""
+    return {
+        f"parity/{name}": bool(
+            json.loads((paths.artifacts / rel).parent.joinpath("card.json").read_text())
+            .get("extra", {})
+            .get("parity", {})
+            .get("passed", False)
+        )
+        for name, rel in exported.items()
+    }
+
+
+def move_production(paths: PipelinePaths, version: str, action: str, reason: str) -> dict:
+    """Point production.json at `version` by hand (`promote` / `rollback`), logged like the gate.
+
+    Refuses a version without exported models or whose parity failed: a by-hand move skips
+    the comparison, never the checks.
+    """
+    folder = paths.artifacts / "models" / version
+    exported_path = folder / "onnx" / "exported.json"
+    if not exported_path.exists():
+        raise ValueError(f"model version {version} has no exported ONNX models ({exported_path})")
+    exported = json.loads(exported_path.read_text())["models"]
+    checks = _parity_checks(paths, exported)
+    failed = sorted(name for name, passed in checks.items() if not passed)
+    if failed:
+        raise ValueError(f"model version {version} failed {', '.join(failed)}; not promoted")
+    pointer_path = paths.artifacts / "models" / "production.json"
+    champion = json.loads(pointer_path.read_text())["version"] if pointer_path.exists() else None
+    decision = manual_decision(action, version, champion, checks, reason)
+    atomic_write_json(pointer_path, {"version": version, "models": exported})
+    append_log(paths.artifacts / "models" / PROMOTION_LOG, decision.to_dict())
+    return decision.to_dict()
+
+
+def _scores(paths: PipelinePaths, relative: str, inputs: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Probabilities of a verified ONNX model (path relative to artifacts/) on the inputs."""
+    onnx_path = paths.artifacts / relative
+    session, _ = load_verified_session(onnx_path, onnx_path.parent / "card.json")
+    return predict_onnx(session, inputs)
+
+
 @dg.asset(
     group_name="deployment",
     deps=[onnx_model],
     kinds={"onnx"},
-    code_version="1",
-    description="Points artifacts/models/production.json at the newest model whose blocking "
-    "checks passed; older versions stay on disk.",
+    code_version="2",
+    description="Champion/challenger gate: points artifacts/models/production.json at the new "
+    "models only if their checks passed and the challenger is non-inferior to the champion on "
+    "the frozen evaluation set (the external cohort, which no model trains on); every decision "
+    "is appended to artifacts/models/promotions.jsonl. Older versions stay on disk.",
 )
-def production_model(paths: PipelinePaths) -> dg.MaterializeResult:
+def production_model(
+    context: dg.AssetExecutionContext, config: PromotionRunConfig, paths: PipelinePaths
+) -> dg.MaterializeResult:
     version, folder = latest_models(paths)
     exported = json.loads((folder / "onnx" / "exported.json").read_text())
-    pointer = {"version": version, "models": exported["models"]}
-    atomic_write_json(paths.artifacts / "models" / "production.json", pointer)
+    pointer_path = paths.artifacts / "models" / "production.json"
+    champion = json.loads(pointer_path.read_text()) if pointer_path.exists() else None
+    frozen_path = paths.examples("external")
+    frozen = load_examples(frozen_path)
+    frozen = frozen.subset(frozen.label >= 0)
+    inputs = tuple(getattr(frozen, f) for f in FIELDS)
+    checks = _parity_checks(paths, exported["models"])
+    if config.model not in exported["models"]:
+        raise ValueError(f"promotion model {config.model!r} was not exported by {version}")
+    champion_scores = None
+    if champion is not None and config.model in champion.get("models", {}):
+        if (paths.artifacts / champion["models"][config.model]).exists():
+            champion_scores = _scores(paths, champion["models"][config.model], inputs)
+        else:
+            context.log.warning(f"champion {champion['version']} files are gone: no comparison")
+            champion = None
+    decision = decide(
+        frozen.label,
+        _scores(paths, exported["models"][config.model], inputs),
+        champion_scores,
+        checks,
+        config.domain(),
+        challenger=version,
+        champion=None if champion is None else champion["version"],
+        evaluation_set=f"external examples md5 {dvc_md5(frozen_path)}",
+    )
+    if decision.promoted:
+        atomic_write_json(pointer_path, {"version": version, "models": exported["models"]})
+    append_log(paths.artifacts / "models" / PROMOTION_LOG, decision.to_dict())
+    in_production = version if decision.promoted else decision.champion
+    context.log.info(f"promotion of {version}: {decision.reason}")
+    history = [r for r in read_log(paths.artifacts / "models" / PROMOTION_LOG) if r["promoted"]]
     return dg.MaterializeResult(
-        metadata={"version": dg.MetadataValue.text(version)}, data_version=dg.DataVersion(version)
+        metadata={
+            "version": dg.MetadataValue.text(str(in_production)),
+            "challenger": dg.MetadataValue.text(version),
+            "promoted": dg.MetadataValue.bool(decision.promoted),
+            "reason": dg.MetadataValue.text(decision.reason),
+            "challenger_auc": dg.MetadataValue.float(decision.challenger_auc),
+            "champion_auc": dg.MetadataValue.float(
+                float("nan") if decision.champion_auc is None else decision.champion_auc
+            ),
+            "promotions": markdown_table(
+                [
+                    {"time": r["time"], "version": r["challenger"], "auc": r["challenger_auc"]}
+                    for r in history[-10:]
+                ]
+            ),
+        },
+        data_version=dg.DataVersion(str(in_production)),
     )

@@ -1,0 +1,122 @@
+"""Champion/challenger promotion: the gate's decisions, the log, and the real production_model
+asset refusing a challenger on a real Dagster instance (production.json left unchanged)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+from pipeline_run import pipeline_run_config
+
+from models.promotion import PromotionConfig, append_log, decide, read_log
+
+CONFIG = PromotionConfig(margin=0.02, alpha=0.05, bootstrap_replicates=100)
+
+
+def _cohort(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.random(n) < 0.3
+    good = 1.0 / (1.0 + np.exp(-(2.0 * y - 1.0 + rng.normal(0, 1.0, n))))
+    return y.astype(int), good
+
+
+def test_no_champion_promotes_the_first_model_whose_checks_pass() -> None:
+    y, good = _cohort()
+    first = decide(y, good, None, {"parity/jepa": True}, CONFIG, "v1", None, "frozen")
+    assert first.promoted and "no champion" in first.reason
+    failed = decide(y, good, None, {"parity/jepa": False}, CONFIG, "v1", None, "frozen")
+    assert not failed.promoted and failed.reason == "blocking checks failed: parity/jepa"
+
+
+def test_a_shuffled_label_challenger_is_refused_and_an_equal_one_promoted() -> None:
+    y, good = _cohort()
+    rng = np.random.default_rng(1)
+    # a model trained on shuffled labels ranks patients at random
+    shuffled = rng.random(len(y))
+    refused = decide(y, shuffled, good, {"parity/jepa": True}, CONFIG, "v2", "v1", "frozen")
+    assert not refused.promoted and "not shown non-inferior" in refused.reason
+    assert refused.diff < 0 and refused.lower_bound <= -CONFIG.margin
+    assert refused.champion_auc > refused.challenger_auc
+    # the same model again (a retrain that changed nothing) is non-inferior
+    again = decide(y, good + 1e-9 * rng.random(len(y)), good, {}, CONFIG, "v3", "v1", "frozen")
+    assert again.promoted and "non-inferior" in again.reason
+    assert again.lower_bound > -CONFIG.margin
+
+
+def test_log_appends_one_line_per_decision(tmp_path: Path) -> None:
+    y, good = _cohort()
+    log = tmp_path / "models" / "promotions.jsonl"
+    assert read_log(log) == []
+    for version in ("v1", "v2"):
+        append_log(log, decide(y, good, None, {}, CONFIG, version, None, "frozen").to_dict())
+    records = read_log(log)
+    assert [r["challenger"] for r in records] == ["v1", "v2"]
+    assert {"time", "reason", "challenger_auc", "challenger_ci", "checks", "margin"} <= set(
+        records[0]
+    )
+
+
+def test_production_model_refuses_a_challenger_and_keeps_the_pointer(
+    tiny_pipeline: tuple, tmp_path: Path
+) -> None:
+    """On a copy of the tiny pipeline: the first materialisation promoted (no champion); a
+    re-run of the gate with an unmeetable margin refuses and logs why, pointer unchanged."""
+    from orchestration.definitions import defs
+
+    source, _, result = tiny_pipeline
+    assert result.success
+    root = tmp_path / "copy"
+    for part in ("data", "artifacts"):
+        shutil.copytree(source / part, root / part, symlinks=True)
+    models = root / "artifacts" / "models"
+    (first,) = read_log(models / "promotions.jsonl")
+    assert first["promoted"] and first["champion"] is None and first["checks"]["parity/jepa"]
+    pointer_before = (models / "production.json").read_bytes()
+    assert json.loads(pointer_before)["version"] == first["challenger"]
+
+    config = pipeline_run_config(root)
+    config["ops"] = {"production_model": {"config": {"margin": -1.0}}}  # must gain > 1.0 AUC
+    job = defs.resolve_job_def("full_pipeline")
+    with dg.instance_for_test() as instance:
+        run = job.execute_in_process(
+            instance=instance,
+            asset_selection=[dg.AssetKey("production_model")],
+            run_config=config,
+        )
+        (materialization,) = run.asset_materializations_for_node("production_model")
+    assert (models / "production.json").read_bytes() == pointer_before
+    records = read_log(models / "promotions.jsonl")
+    assert len(records) == 2 and not records[-1]["promoted"]
+    assert records[-1]["champion"] == first["challenger"]
+    assert "not shown non-inferior" in records[-1]["reason"]
+    assert records[-1]["evaluation_set"] == first["evaluation_set"]  # the same frozen set
+    assert materialization.metadata["promoted"].value is False
+    assert materialization.metadata["reason"].value == records[-1]["reason"]
+
+    # by hand: promote needs an exported version; rollback needs an earlier one in the log
+    from orchestration import cli
+
+    artifacts = ["--artifacts-dir", str(root / "artifacts")]
+    assert cli.main(["promote", "no-such-version", *artifacts]) == 2
+    assert cli.main(["rollback", *artifacts]) == 2  # only one version was ever in production
+    assert cli.main(["promote", first["challenger"], "--reason", "drill", *artifacts]) == 0
+    last = read_log(models / "promotions.jsonl")[-1]
+    assert (last["action"], last["reason"], last["promoted"]) == ("promote", "drill", True)
+
+
+def test_rollback_goes_to_the_version_in_production_before_the_current_one() -> None:
+    from models.promotion import production_history, rollback_target
+
+    log = [
+        {"challenger": "v1", "promoted": True},
+        {"challenger": "v2", "promoted": False},  # refused: never in production
+        {"challenger": "v3", "promoted": True},
+        {"challenger": "v1", "promoted": True, "action": "rollback"},
+    ]
+    assert production_history(log) == ["v1", "v3", "v1"]
+    assert rollback_target(log, "v1") == "v3"
+    assert rollback_target(log[:3], "v3") == "v1"
+    assert rollback_target(log[:1], "v1") is None

@@ -177,24 +177,45 @@ def finetune(
         raise ValueError("finetune: epochs and batch_size must be >= 1, probe_epochs >= 0")
     if config.probe_epochs == 0 or config.freeze_encoder:
         return _train(model, train, val, replace(config, probe_epochs=0), progress)
-    probe = _train(
-        model,
-        train,
-        val,
-        replace(
-            config,
-            freeze_encoder=True,
-            epochs=config.probe_epochs,
-            probe_epochs=0,
-            lr=config.lr if config.probe_lr is None else config.probe_lr,
-        ),
-        progress,
+    probe = _train(model, train, val, probe_config(config), progress)
+    return finetune_from_probe(probe, train, val, config, progress)
+
+
+def probe_config(config: FinetuneConfig) -> FinetuneConfig:
+    """The first (linear-probe) stage of an LP-FT recipe, as a recipe of its own.
+
+    Equal to the frozen-probe model's recipe when epochs and lr agree, so a probe trained
+    for that model can be continued instead of trained again (models/protocol.py).
+    """
+    return replace(
+        config,
+        freeze_encoder=True,
+        epochs=config.probe_epochs,
+        lr=config.lr if config.probe_lr is None else config.probe_lr,
+        probe_epochs=0,
+        probe_lr=None,
+        encoder_lr_scale=1.0,
     )
+
+
+def finetune_from_probe(
+    probe: FinetuneResult,
+    train: ExampleSet,
+    val: ExampleSet,
+    config: FinetuneConfig,
+    progress: bool = True,
+) -> FinetuneResult:
+    """LP-FT's end-to-end stage, continuing `probe` (its model is trained in place).
+
+    Keeps the probe's weights unless an epoch beats its validation loss. The same result
+    as `finetune(model, ..., config)` when `probe` is that call's first stage.
+    """
+    train, val = _labeled(train, "train"), _labeled(val, "validation")
     tuned = _train(
         probe.model,
         train,
         val,
-        replace(config, probe_epochs=0, fit_ehr_normalisation=False),
+        replace(config, probe_epochs=0, probe_lr=None, fit_ehr_normalisation=False),
         progress,
         start=probe,
     )

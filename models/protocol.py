@@ -46,7 +46,14 @@ from models.data import ExampleSet
 from models.diagnostic import DEFAULT_READOUT, DiagnosticModel
 from models.encoders import MultimodalEncoder
 from models.evaluation import combine_cohort_results, evaluate_models, roc_auc
-from models.finetune import FinetuneConfig, finetune, predict_proba
+from models.finetune import (
+    FinetuneConfig,
+    FinetuneResult,
+    finetune,
+    finetune_from_probe,
+    predict_proba,
+    probe_config,
+)
 from models.folds import Fold, repeated_stratified_folds, subsample_stratified
 
 NEURAL_MODELS: tuple[str, ...] = ("jepa", "jepa_probe", "multimodal", "imaging_only")
@@ -259,6 +266,7 @@ def run_protocol(
     _check_classes("external", external)
 
     names = [n for n in models if pretrained is not None or not n.startswith("jepa")]
+    names.sort(key=lambda n: n != "jepa_probe")  # the probe first: jepa continues its members
     predictions: dict[str, dict[str, np.ndarray]] = {"internal": {}, "external": {}}
     ensembles: dict[str, Ensemble] = {}
     member_names: dict[str, list[str]] = {}
@@ -266,15 +274,30 @@ def run_protocol(
     per_fold: dict[str, list[float]] = {}
     label_efficiency: dict[float, dict[str, np.ndarray]] = {}
 
+    # LP-FT's first stage is the frozen probe's own training: when the recipes agree, each
+    # jepa member continues a copy of the jepa_probe member of its fold and seed (the same
+    # weights, to the bit, as training that stage again) instead of repeating it.
+    probes: dict[tuple[bytes, int], FinetuneResult] = {}
+
     def trainer(
         name: str, record: bool = True
     ) -> Callable[[ExampleSet, ExampleSet, int], DiagnosticModel]:
         """Trains one member; `record` keeps its history (the label-efficiency runs do not)."""
 
         def train_one(train: ExampleSet, val: ExampleSet, seed: int) -> DiagnosticModel:
-            model = new_model(name, template, pretrained, seed, config.readout)
             recipe = run_config(name, config.finetune, seed, config.jepa)
-            result = finetune(model, train, val, recipe, progress=progress)
+            key = (train.patient_id.astype(str).tobytes(), seed)
+            shared = recipe.probe_epochs > 0 and probe_config(recipe) == run_config(
+                "jepa_probe", config.finetune, seed, config.jepa
+            )
+            if name == "jepa" and shared and key in probes:
+                probe = copy.deepcopy(probes[key])
+                result = finetune_from_probe(probe, train, val, recipe, progress=progress)
+            else:
+                model = new_model(name, template, pretrained, seed, config.readout)
+                result = finetune(model, train, val, recipe, progress=progress)
+            if name == "jepa_probe" and record:
+                probes[key] = copy.deepcopy(result)
             if record:
                 histories.setdefault(name, []).append(result.history)
             return result.model.eval()

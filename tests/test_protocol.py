@@ -34,7 +34,7 @@ CONFIG = ProtocolConfig(
     finetune=FinetuneConfig(epochs=2, batch_size=16, patience=2),
     seeds=(0,),
     folds=3,
-    jepa=JepaRecipe(probe_epochs=1),
+    jepa=JepaRecipe(probe_epochs=2),  # = finetune epochs: jepa continues the probe members
     label_fractions=(0.5,),
     label_efficiency_models=("jepa", "multimodal"),
 )
@@ -84,6 +84,28 @@ def test_out_of_fold_prediction_comes_from_the_model_that_never_saw_the_fold(
         predict_proba(trained, internal.subset(fold.test)),
         atol=1e-6,
     )
+
+
+def test_jepa_members_continuing_the_probe_equal_lp_ft_trained_from_scratch(
+    protocol_result,
+) -> None:
+    """Reusing the jepa_probe member as LP-FT's first stage changes nothing: fold 2's jepa
+    member, trained again by hand with both stages, predicts its test fold the same."""
+    internal, _, pretrained, result = protocol_result
+    fold = result.folds[2]
+    model = new_model("jepa", pretrained, pretrained, seed=0, readout=CONFIG.readout)
+    recipe = run_config("jepa", CONFIG.finetune, 0, CONFIG.jepa)
+    assert recipe.probe_epochs == CONFIG.finetune.epochs  # the shared path is what runs
+    trained = finetune(
+        model, internal.subset(fold.train), internal.subset(fold.val), recipe, progress=False
+    ).model
+    np.testing.assert_allclose(
+        result.predictions["internal"]["jepa"][fold.test],
+        predict_proba(trained, internal.subset(fold.test)),
+        atol=1e-6,
+    )
+    stages = {h.get("stage") for run in result.histories["jepa"] for h in run}
+    assert stages == {"probe", "finetune"}
 
 
 def test_external_prediction_is_the_fold_ensemble(protocol_result) -> None:

@@ -96,16 +96,12 @@ def decide(
     if champion_scores is None or champion is None:
         decision.promoted, decision.reason = True, "no champion: first model that passed its checks"
         return decision
-    if champion == challenger:
-        decision.promoted, decision.reason = True, "the challenger is the champion (re-run)"
     test = delong_test(y, challenger_scores, champion_scores)
     z = stats.norm.ppf(1.0 - config.alpha)
     lower = test.diff - z * float(np.sqrt(test.var))
     c_lo, c_hi = bootstrap_auc_ci(y, champion_scores, config.bootstrap_replicates, config.seed)
     decision.champion_auc, decision.champion_ci = test.auc_b, [c_lo, c_hi]
     decision.diff, decision.lower_bound, decision.p_value = test.diff, lower, test.p_value
-    if decision.promoted:
-        return decision
     if lower > -config.margin:
         decision.promoted = True
         decision.reason = (

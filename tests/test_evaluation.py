@@ -328,7 +328,25 @@ def test_results_markdown_reports_protocol_comparisons_curve_and_ablation(tmp_pa
         {"readout": "mean", "patch_stem": "linear", "model": "imaging_only", "auc": 0.7512,
          "ci": [0.65, 0.84], "n": 150, "external_auc": 0.6, "seconds_per_fold": 12.34}]}  # fmt: skip
     provenance = {"command": "c", "data_version": "d", "encoder_version": "e", "date": "t"}
-    text = results_markdown(evaluation, PAPER_AUC, None, provenance, ablation=ablation)
+    pretrain_ablation = {"note": "one change each", "provenance": "lungjepa ablation --pretrain",
+        "rows": [{"variant": "no_tube", "overrides": {"mask_tube": False}, "model": "jepa",
+                  "auc": 0.8123, "ci": [0.7, 0.9], "n": 150, "external_auc": 0.8,
+                  "diameter_r2_centre": 0.77, "diameter_r2_mean": 0.49, "n_archive": 638,
+                  "ema_target_to_init": 0.86, "pretrain_seconds": 139.4},
+                 {"variant": "no_pretraining", "overrides": {"pretrain": False}, "model": "jepa",
+                  "auc": 0.7, "ci": [0.6, 0.8], "n": 150, "external_auc": 0.7,
+                  "diameter_r2_centre": 0.83, "diameter_r2_mean": 0.39, "n_archive": 0,
+                  "ema_target_to_init": None, "pretrain_seconds": 0.1}]}  # fmt: skip
+    text = results_markdown(
+        evaluation, PAPER_AUC, None, provenance, ablation=ablation,
+        pretrain_ablation=pretrain_ablation,
+    )  # fmt: skip
+    assert "## What each JEPA ingredient is worth" in text
+    assert (
+        "| `no_tube` | mask_tube=False | `jepa` | 0.812 [0.700, 0.900] | 0.800 | 0.770 | 0.490 "
+        "| 638 | 0.860 | 139 |" in text
+    )
+    assert "| `no_pretraining` | pretrain=False | `jepa` |" in text and "| 0 | n/a | 0 |" in text
     primary = evaluation["comparisons"]["primary"]
     assert "2 x 5-fold stratified cross-validation" in text
     assert "## Pre-registered comparisons" in text and f"{primary['diff']:+.3f}" in text

@@ -199,7 +199,10 @@ def test_unknown_patient(pipeline: Path, tmp_path: Path, capsys) -> None:
     argv = _args(pipeline, tmp_path / "dicom", (0.0, 0.0, 0.0), UNKNOWN_MRN)
     code, out, err = _run(capsys, argv)
     assert code == 2 and out == ""
-    assert f"unknown patient {pseudonymise(UNKNOWN_MRN, KEY, 'patient')}" in err
+    # a series without the generator's mark is real data: the private installation key
+    private = resolve_key(synthetic=False)
+    assert f"unknown patient {pseudonymise(UNKNOWN_MRN, private, 'patient')}" in err
+    assert pseudonymise(UNKNOWN_MRN, KEY, "patient") not in err  # never the demo key
     assert UNKNOWN_MRN not in err
 
     code, out, _ = _run(capsys, [*argv, "--allow-missing-ehr"])

@@ -24,7 +24,7 @@ from models.encoders import EncoderConfig, MultimodalEncoder, load_encoder
 from models.evaluation import bootstrap_auc_ci, roc_auc
 from models.jepa.pretrain import PretrainConfig, build_encoder, pretrain
 from models.jepa.probe import diameter_probe_cv_r2
-from models.protocol import ProtocolConfig, run_protocol
+from models.protocol import ProtocolConfig, ProtocolResult, run_protocol
 
 
 def run_ablation(
@@ -52,23 +52,16 @@ def run_ablation(
         )
         seconds = (time.perf_counter() - start) / len(result.folds)
         for model in models:
-            y = result.labels["internal"]
-            p = result.predictions["internal"][model]
-            lo, hi = bootstrap_auc_ci(y, p, n_replicates, seed)
             row = {
                 "readout": readout,
                 "patch_stem": stem,
                 "model": model,
-                "auc": roc_auc(y, p),
-                "ci": [lo, hi],
-                "n": int(len(y)),
-                "external_auc": roc_auc(
-                    result.labels["external"], result.predictions["external"][model]
-                ),
+                **_scores(result, model, n_replicates, seed),
                 "seconds_per_fold": seconds / len(models),
             }
             rows.append(row)
             if progress is not None:
+                lo, hi = row["ci"]
                 progress(
                     f"{readout:<17} {stem:<7} {model:<13} AUC {row['auc']:.3f} [{lo:.3f}, {hi:.3f}]"
                 )
@@ -130,19 +123,11 @@ def run_pretrain_ablation(
             models=models,
         )
         for model in models:
-            y = result.labels["internal"]
-            p = result.predictions["internal"][model]
-            lo, hi = bootstrap_auc_ci(y, p, n_replicates, seed)
             row = {
                 "variant": name,
                 "overrides": dict(spec),
                 "model": model,
-                "auc": roc_auc(y, p),
-                "ci": [lo, hi],
-                "n": int(len(y)),
-                "external_auc": roc_auc(
-                    result.labels["external"], result.predictions["external"][model]
-                ),
+                **_scores(result, model, n_replicates, seed),
                 "n_archive": n_archive,
                 "pretrain_seconds": pretrain_s,
                 "ema_target_to_init": ema,
@@ -150,12 +135,21 @@ def run_pretrain_ablation(
             }
             rows.append(row)
             if progress is not None:
+                lo, hi = row["ci"]
                 progress(
                     f"{name:<16} {model:<11} AUC {row['auc']:.3f} [{lo:.3f}, {hi:.3f}] "
                     f"ext {row['external_auc']:.3f} diameter R2 centre "
                     f"{probes['diameter_r2_centre']:.3f} mean {probes['diameter_r2_mean']:.3f}"
                 )
     return rows
+
+
+def _scores(result: ProtocolResult, model: str, n_replicates: int, seed: int) -> dict[str, Any]:
+    """Out-of-fold internal AUC with its bootstrap CI and n, and the external AUC, of a model."""
+    y, p = result.labels["internal"], result.predictions["internal"][model]
+    lo, hi = bootstrap_auc_ci(y, p, n_replicates, seed)
+    external = roc_auc(result.labels["external"], result.predictions["external"][model])
+    return {"auc": roc_auc(y, p), "ci": [lo, hi], "n": int(len(y)), "external_auc": external}
 
 
 def _as_field(value: Any) -> Any:

@@ -7,7 +7,7 @@ as the paper's so a reader can compare, never mixed with ours.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -285,51 +285,69 @@ def _label_efficiency_section(curve: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _ablation_section(ablation: Mapping[str, Any]) -> str:
-    """Readout / tokenizer ablation (metrics/ablation.json from `lungjepa ablation`)."""
+def _measured_table(
+    title: str, ablation: Mapping[str, Any], header: list[str], cells: Callable[[dict], list[str]]
+) -> str:
+    """An ablation file as a section: its note, one table row per record, its provenance."""
     lines = [
-        "## Readout and tokenizer ablation",
+        f"## {title}",
         "",
         str(ablation.get("note", "")),
         "",
-        "| readout | patch stem | model | internal AUC (OOF) [95% CI] | n | finetuning s / fold |",
-        "|---|---|---|---|---|---|",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
     ]
-    for row in ablation.get("rows", []):
-        lines.append(
-            f"| `{row['readout']}` | `{row['patch_stem']}` | `{row['model']}` "
-            f"| {_fmt(row['auc'])} [{_fmt(row['ci'][0])}, {_fmt(row['ci'][1])}] | {row['n']} "
-            f"| {_fmt(row['seconds_per_fold'], 1)} |"
-        )
+    lines += ["| " + " | ".join(cells(row)) + " |" for row in ablation.get("rows", [])]
     if ablation.get("provenance"):
         lines += ["", f"Measured by `{ablation['provenance']}`."]
     return "\n".join(lines)
+
+
+def _auc_ci(row: Mapping[str, Any]) -> str:
+    return f"{_fmt(row['auc'])} [{_fmt(row['ci'][0])}, {_fmt(row['ci'][1])}]"
+
+
+def _ablation_section(ablation: Mapping[str, Any]) -> str:
+    """Readout / tokenizer ablation (metrics/ablation.json from `lungjepa ablation`)."""
+    header = ["readout", "patch stem", "model", "internal AUC (OOF) [95% CI]", "n",
+              "finetuning s / fold"]  # fmt: skip
+    return _measured_table(
+        "Readout and tokenizer ablation",
+        ablation,
+        header,
+        lambda row: [
+            f"`{row['readout']}`",
+            f"`{row['patch_stem']}`",
+            f"`{row['model']}`",
+            _auc_ci(row),
+            str(row["n"]),
+            _fmt(row["seconds_per_fold"], 1),
+        ],  # fmt: skip
+    )
 
 
 def _pretrain_ablation_section(ablation: Mapping[str, Any]) -> str:
     """JEPA ingredients (metrics/pretrain_ablation.json from `lungjepa ablation --pretrain`)."""
-    lines = [
-        "## What each JEPA ingredient is worth",
-        "",
-        str(ablation.get("note", "")),
-        "",
-        "| variant | changes | model | internal AUC (OOF) [95% CI] | external AUC "
-        "| diameter R^2, centre token | diameter R^2, mean pool | archive | EMA target-to-init "
-        "| pretraining s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in ablation.get("rows", []):
-        changes = ", ".join(f"{k}={v}" for k, v in row["overrides"].items()) or "none"
-        lines.append(
-            f"| `{row['variant']}` | {changes} | `{row['model']}` "
-            f"| {_fmt(row['auc'])} [{_fmt(row['ci'][0])}, {_fmt(row['ci'][1])}] "
-            f"| {_fmt(row['external_auc'])} | {_fmt(row['diameter_r2_centre'])} "
-            f"| {_fmt(row['diameter_r2_mean'])} | {row['n_archive']} "
-            f"| {_fmt(row.get('ema_target_to_init'))} | {_fmt(row['pretrain_seconds'], 0)} |"
-        )
-    if ablation.get("provenance"):
-        lines += ["", f"Measured by `{ablation['provenance']}`."]
-    return "\n".join(lines)
+    header = ["variant", "changes", "model", "internal AUC (OOF) [95% CI]", "external AUC",
+              "diameter R^2, centre token", "diameter R^2, mean pool", "archive",
+              "EMA target-to-init", "pretraining s"]  # fmt: skip
+    return _measured_table(
+        "What each JEPA ingredient is worth",
+        ablation,
+        header,
+        lambda row: [
+            f"`{row['variant']}`",
+            ", ".join(f"{k}={v}" for k, v in row["overrides"].items()) or "none",
+            f"`{row['model']}`",
+            _auc_ci(row),
+            _fmt(row["external_auc"]),
+            _fmt(row["diameter_r2_centre"]),
+            _fmt(row["diameter_r2_mean"]),
+            str(row["n_archive"]),
+            _fmt(row.get("ema_target_to_init")),
+            _fmt(row["pretrain_seconds"], 0),
+        ],  # fmt: skip
+    )
 
 
 def _probe_section(probe: Mapping[str, float]) -> str:

@@ -68,42 +68,37 @@ def test_folds_partition_the_patients(protocol_result) -> None:
         assert set().union(*parts) == set(range(len(internal)))
 
 
-def test_out_of_fold_prediction_comes_from_the_model_that_never_saw_the_fold(
-    protocol_result,
-) -> None:
-    """Retrain fold 1's multimodal member by hand: its test-fold predictions are the OOF ones."""
+def _retrained_member_matches(protocol_result, name: str, fold_index: int) -> None:
+    """Retrain one fold's member by hand, all of its recipe's stages; its test-fold
+    predictions must be the protocol's out-of-fold ones."""
     internal, _, pretrained, result = protocol_result
-    fold = result.folds[1]
-    model = new_model("multimodal", pretrained, pretrained, seed=0, readout=CONFIG.readout)
-    recipe = run_config("multimodal", CONFIG.finetune, 0, CONFIG.jepa)
+    fold = result.folds[fold_index]
+    model = new_model(name, pretrained, pretrained, seed=0, readout=CONFIG.readout)
+    recipe = run_config(name, CONFIG.finetune, 0, CONFIG.jepa)
     trained = finetune(
         model, internal.subset(fold.train), internal.subset(fold.val), recipe, progress=False
     ).model
     np.testing.assert_allclose(
-        result.predictions["internal"]["multimodal"][fold.test],
+        result.predictions["internal"][name][fold.test],
         predict_proba(trained, internal.subset(fold.test)),
         atol=1e-6,
     )
+
+
+def test_out_of_fold_prediction_comes_from_the_model_that_never_saw_the_fold(
+    protocol_result,
+) -> None:
+    _retrained_member_matches(protocol_result, "multimodal", fold_index=1)
 
 
 def test_jepa_members_continuing_the_probe_equal_lp_ft_trained_from_scratch(
     protocol_result,
 ) -> None:
-    """Reusing the jepa_probe member as LP-FT's first stage changes nothing: fold 2's jepa
-    member, trained again by hand with both stages, predicts its test fold the same."""
-    internal, _, pretrained, result = protocol_result
-    fold = result.folds[2]
-    model = new_model("jepa", pretrained, pretrained, seed=0, readout=CONFIG.readout)
+    """Reusing the jepa_probe member as LP-FT's first stage changes nothing."""
     recipe = run_config("jepa", CONFIG.finetune, 0, CONFIG.jepa)
     assert recipe.probe_epochs == CONFIG.finetune.epochs  # the shared path is what runs
-    trained = finetune(
-        model, internal.subset(fold.train), internal.subset(fold.val), recipe, progress=False
-    ).model
-    np.testing.assert_allclose(
-        result.predictions["internal"]["jepa"][fold.test],
-        predict_proba(trained, internal.subset(fold.test)),
-        atol=1e-6,
-    )
+    _retrained_member_matches(protocol_result, "jepa", fold_index=2)
+    result = protocol_result[3]
     stages = {h.get("stage") for run in result.histories["jepa"] for h in run}
     assert stages == {"probe", "finetune"}
 

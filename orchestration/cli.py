@@ -113,8 +113,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not result.success:
         print("demo failed: see the Dagster run log above", file=sys.stderr)
         return 1
+    if root is not None:
+        record_replicate(root, args.seed, time.perf_counter() - start)
     print(_summary(time.perf_counter() - start, root))
     return 0
+
+
+def record_replicate(root: Path, seed: int, seconds: float) -> Path:
+    """metrics/replicates/seed<N>.json: a replicate's evaluation, for RESULTS.md's table."""
+    from cohorts.files import atomic_write_json
+
+    metrics = resolve_path(section("paths")["metrics"])
+    record = {
+        "seed": seed,
+        "command": f"lungjepa demo --seed {seed} --out {os.path.relpath(root, REPO_ROOT)}",
+        "minutes": seconds / 60,
+        "evaluation": json.loads((root / "metrics" / "evaluation.json").read_text()),
+    }
+    path = metrics / "replicates" / f"seed{seed}.json"
+    atomic_write_json(path, record)
+    return path
 
 
 def cmd_materialize(args: argparse.Namespace) -> int:

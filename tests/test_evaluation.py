@@ -340,7 +340,16 @@ def test_results_markdown_reports_protocol_comparisons_curve_and_ablation(tmp_pa
     text = results_markdown(
         evaluation, PAPER_AUC, None, provenance, ablation=ablation,
         pretrain_ablation=pretrain_ablation,
+        replicates=[{"seed": 4, "command": "lungjepa demo --seed 4 --out r4", "minutes": 14.2,
+                     "evaluation": {**evaluation, "external": evaluation["internal"]}}],
     )  # fmt: skip
+    auc = evaluation["internal"]["jepa"]["auc"]
+    assert "## Replicates on other generator seeds" in text
+    assert (
+        f"| 4 | {auc:.3f} / {auc:.3f} |" in text
+        and f"{evaluation['comparisons']['primary']['diff']:+.3f}, p" in text
+    )
+    assert "lungjepa demo --seed 4 --out r4 (14.2 min)" in text
     assert "## What each JEPA ingredient is worth" in text
     assert (
         "| `no_tube` | mask_tube=False | `jepa` | 0.812 [0.700, 0.900] | 0.800 | 0.770 | 0.490 "

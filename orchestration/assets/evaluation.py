@@ -257,6 +257,7 @@ def evaluation(
         probe,
         ablations["ablation"],
         ablations["pretrain_ablation"],
+        [json.loads(f.read_text()) for f in sorted((metrics / "replicates").glob("seed*.json"))],
     )
     atomic_write_text(Path(config.results_markdown), markdown)
     rows = [

@@ -90,6 +90,25 @@ def key_fingerprint(key: bytes) -> str:
     return hmac.new(key, b"lungjepa:key-fingerprint", hashlib.sha256).hexdigest()[:16]
 
 
+KEY_RECORD = "key_fingerprint.json"  # beside curated outputs and the Feast sources
+
+
+def check_same_key(cohort: str, ct_fingerprint: str | None, ehr_fingerprint: str | None) -> None:
+    """Refuse to join CT and EHR rows pseudonymised with different keys.
+
+    Different keys give the same patient two unrelated ids, so the join would silently find
+    no EHR for anyone. None (an output written before fingerprints were recorded) is not
+    checked.
+    """
+    if ct_fingerprint and ehr_fingerprint and ct_fingerprint != ehr_fingerprint:
+        raise ValueError(
+            f"{cohort}: the curated CT ids were pseudonymised with key {ct_fingerprint} and the "
+            f"EHR features with key {ehr_fingerprint} (fingerprints); re-materialise "
+            "curated_scans and ehr_features with the same key (LUNGJEPA_PSEUDONYM_KEY or the "
+            "installation key file)"
+        )
+
+
 def is_marked_synthetic(cohort_dir: Path) -> bool:
     """Does the raw cohort folder carry the generator's marker file?"""
     marker = Path(cohort_dir) / SYNTHETIC_MARKER

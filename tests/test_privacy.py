@@ -116,3 +116,15 @@ def test_date_shift_is_bounded_and_consistent() -> None:
     assert all(-30 <= s <= 30 for s in shifts) and len(shifts) > 10
     assert date_shift_days("MRN1", b"k", 30) == date_shift_days("MRN1", b"k", 30)
     assert date_shift_days("MRN1", b"k", 0) == 0
+
+
+def test_ct_and_ehr_pseudonymised_with_different_keys_are_refused_not_joined() -> None:
+    from cohorts.privacy import check_same_key
+
+    a, b = key_fingerprint(b"key-a" * 8), key_fingerprint(b"key-b" * 8)
+    check_same_key("internal", a, a)  # same key: joins
+    check_same_key("internal", a, None)  # an older output without a record: not checked
+    with pytest.raises(
+        ValueError, match=r"internal: the curated CT ids .* EHR features .* same key"
+    ):
+        check_same_key("internal", a, b)

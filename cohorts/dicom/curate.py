@@ -65,8 +65,9 @@ from cohorts.dicom.series import (
     validate_headers,
     volume_from_geometry,
 )
-from cohorts.files import atomic_output
+from cohorts.files import atomic_output, atomic_write_json
 from cohorts.privacy import (
+    KEY_RECORD,
     SYNTHETIC_MARKER,
     date_shift_days,
     is_marked_synthetic,
@@ -596,6 +597,8 @@ def _curate(
     save_parquet_atomic(out_dir / "quarantine.parquet", quarantine_frame, QUARANTINE_SCHEMA)
     save_parquet_atomic(out_dir / "nodules.parquet", nodules, NODULE_SCHEMA)
     save_parquet_atomic(out_dir / "labels.parquet", _labels(raw_dir, config), LABEL_SCHEMA)
+    record = {"key_fingerprint": summary.key_fingerprint, "synthetic": summary.synthetic}
+    atomic_write_json(out_dir / KEY_RECORD, record)
 
     summary.series_found = len(index)
     summary.accepted = int((index["status"] == "ok").sum()) if len(index) else 0

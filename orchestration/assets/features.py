@@ -1,6 +1,8 @@
 """EHR features in the Feast store, and the point-in-time training examples built from them."""
 
 import datetime as dt
+import json
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -14,7 +16,14 @@ from cohorts.ehr.features import (
     scan_timestamp,
 )
 from cohorts.examples import assemble_examples, save_examples, scan_entities
-from cohorts.privacy import is_marked_synthetic, key_fingerprint, resolve_key
+from cohorts.files import atomic_write_json
+from cohorts.privacy import (
+    KEY_RECORD,
+    check_same_key,
+    is_marked_synthetic,
+    key_fingerprint,
+    resolve_key,
+)
 from feature_repo import store as feast_store
 from orchestration.assets.data import curated_scans, raw_archive
 from orchestration.dvc_versions import dvc_metadata
@@ -64,6 +73,8 @@ def ehr_features(
     }
     tables = combine_cohorts(list(parts.values()))
     feast_store.write_sources(tables, paths.data)
+    fingerprints = {cohort: key_fingerprint(k) for cohort, k in keys.items()}
+    atomic_write_json(paths.data / "feast" / KEY_RECORD, fingerprints)
     store = feature_store.open()
     feast_store.apply_definitions(store, paths.data, config.ttl_days, config.n_signatures)
     feast_store.materialize(store, dt.datetime.now(dt.UTC))
@@ -77,10 +88,15 @@ def ehr_features(
         metadata={
             "views": markdown_table(rows),
             "signatures_path": dg.MetadataValue.path(str(signatures_path)),
-            **{f"key_fingerprint/{c}": key_fingerprint(k) for c, k in keys.items()},
+            **{f"key_fingerprint/{c}": fp for c, fp in fingerprints.items()},
             **flat_numbers(quality, prefix="quality/"),
         }
     )
+
+
+def _read_json(path: Path) -> dict:
+    """A small JSON record, or {} when an older run did not write it."""
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 class ExamplesConfig(dg.Config):
@@ -106,8 +122,14 @@ def training_examples(
     store = feature_store.open()
     names = ehr_feature_names(config.n_signatures)
     rows = []
+    ehr_keys = _read_json(paths.data / "feast" / KEY_RECORD)
     for cohort in COHORTS:
         curated = paths.curated(cohort)
+        check_same_key(
+            cohort,
+            _read_json(curated / KEY_RECORD).get("key_fingerprint"),
+            ehr_keys.get(cohort),
+        )
         nodules = pd.read_parquet(curated / "nodules.parquet")
         labels_path = curated / "labels.parquet"
         labels = pd.read_parquet(labels_path) if labels_path.exists() else None

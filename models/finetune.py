@@ -42,10 +42,9 @@ class FinetuneConfig:
     encoder_lr_scale multiplies the encoder's learning rate (e.g. 0.1 to protect pretrained
     features); freeze_encoder trains the head only (linear probe). probe_epochs > 0 runs
     that probe first (at probe_lr, default lr; its own warm-up, cosine and early stopping),
-    then the end-to-end stage at lr,
-    which keeps the probe's weights unless one of its epochs beats the probe's validation
-    loss (LP-FT). augment flips crops at random along z, y and x (nodule malignancy has no
-    preferred orientation).
+    then the end-to-end stage at lr, which keeps the probe's weights unless one of its
+    epochs beats the probe's validation loss (LP-FT). augment flips crops at random along
+    z, y and x (nodule malignancy has no preferred orientation).
     """
 
     epochs: int = 50

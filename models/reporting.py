@@ -3,6 +3,10 @@
 Why: results must be regenerated from metrics/evaluation.json, never typed in. The only
 literal numbers here are the paper's published AUCs (PAPER_AUC), shown in a column labelled
 as the paper's so a reader can compare, never mixed with ours.
+
+Size: over 450 lines because every RESULTS.md section renderer lives here beside the shared
+formatters; the side-study tables (ablations, replicates) are the next to move out, into a
+module of their own, with issue 18's restructuring.
 """
 
 from __future__ import annotations

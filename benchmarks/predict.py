@@ -32,7 +32,7 @@ from cohorts.dicom.scan import scan_dicom_tree
 from cohorts.files import atomic_write_bytes
 from cohorts.privacy import pseudonymise
 from models.onnx_runtime import predict_onnx
-from orchestration.params import section
+from orchestration.params import privacy_config, section
 from orchestration.predict import (
     CurationSettings,
     PredictRequest,
@@ -151,7 +151,7 @@ def run(
     curate = section("curate", profile)
     settings = CurationSettings(
         min_slices=int(curate["min_slices"]),
-        date_shift_max_days=int(curate.get("date_shift_max_days", 0)),
+        date_shift_max_days=privacy_config(profile).date_shift_max_days,
     )
     request = PredictRequest(
         dicom_dir=case["folder"],

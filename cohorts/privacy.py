@@ -14,6 +14,13 @@ Which key (`resolve_key`), in this order:
    pseudonymises real input.
 The key itself never enters params, Dagster config, logs or metadata; `key_fingerprint` (a
 keyed hash of the key, not the key) is what cards record, so a run with another key is caught.
+
+Dates: every date of a patient, CT and EHR alike, moves back by the same number of days
+(`date_shift_days`, a keyed hash of the patient's raw id: the shift secret is the key). All
+features are intervals between a patient's own dates, so they do not change; what changes is
+that a released date no longer names the real day. The shift is one setting for every
+cohort (`PrivacyConfig`, params.yaml `privacy`), never a run-config field: curation and the
+EHR features must shift alike, so a launchpad override of one of them would break the join.
 """
 
 from __future__ import annotations
@@ -25,7 +32,10 @@ import json
 import os
 import secrets
 import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 KEY_ENV = "LUNGJEPA_PSEUDONYM_KEY"
 KEY_FILE_ENV = "LUNGJEPA_KEY_FILE"
@@ -93,20 +103,93 @@ def key_fingerprint(key: bytes) -> str:
 KEY_RECORD = "key_fingerprint.json"  # beside curated outputs and the Feast sources
 
 
-def check_same_key(cohort: str, ct_fingerprint: str | None, ehr_fingerprint: str | None) -> None:
-    """Refuse to join CT and EHR rows pseudonymised with different keys.
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """De-identification settings shared by every cohort (params.yaml ``privacy``).
+
+    date_shift_max_days: each patient's dates move back by 1..max days (0: off). Back, never
+    forward, so that no shifted date lies in the future (Feast materialises up to now, and
+    the quality checks hold dates to "not after today").
+    """
+
+    date_shift_max_days: int = 365
+
+    def __post_init__(self) -> None:
+        if self.date_shift_max_days < 0:
+            raise ValueError(f"date_shift_max_days must be >= 0, got {self.date_shift_max_days}")
+
+    @classmethod
+    def from_params(cls, section: Mapping[str, Any]) -> PrivacyConfig:
+        return cls(date_shift_max_days=int(section["date_shift_max_days"]))
+
+
+def key_record(key: bytes, date_shift_max_days: int, synthetic: bool | None) -> dict[str, Any]:
+    """What an output records about how its ids and dates were made (never the key)."""
+    return {
+        "key_fingerprint": key_fingerprint(key),
+        "date_shift_max_days": int(date_shift_max_days),
+        "synthetic": synthetic,
+    }
+
+
+def read_key_record(folder: Path) -> dict[str, Any]:
+    """``folder/key_fingerprint.json``: a curated cohort's record, or the Feast sources' records
+    by cohort; {} when an older run did not write one."""
+    path = Path(folder) / KEY_RECORD
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError as error:
+        raise ValueError(f"{path}: unreadable key record ({error})") from error
+
+
+def check_same_key(
+    cohort: str, ct_record: Mapping[str, Any], ehr_record: Mapping[str, Any]
+) -> None:
+    """Refuse to join CT and EHR rows pseudonymised with different keys or date shifts.
 
     Different keys give the same patient two unrelated ids, so the join would silently find
-    no EHR for anyone. None (an output written before fingerprints were recorded) is not
-    checked.
+    no EHR for anyone; different shifts would give every scan the EHR of another day. An
+    empty record (an output written before records existed) is not checked.
     """
-    if ct_fingerprint and ehr_fingerprint and ct_fingerprint != ehr_fingerprint:
+    ct_fp, ehr_fp = ct_record.get("key_fingerprint"), ehr_record.get("key_fingerprint")
+    if ct_fp and ehr_fp and ct_fp != ehr_fp:
         raise ValueError(
-            f"{cohort}: the curated CT ids were pseudonymised with key {ct_fingerprint} and the "
-            f"EHR features with key {ehr_fingerprint} (fingerprints); re-materialise "
+            f"{cohort}: the curated CT ids were pseudonymised with key {ct_fp} and the "
+            f"EHR features with key {ehr_fp} (fingerprints); re-materialise "
             "curated_scans and ehr_features with the same key (LUNGJEPA_PSEUDONYM_KEY or the "
             "installation key file)"
         )
+    ct_shift, ehr_shift = (
+        ct_record.get("date_shift_max_days"),
+        ehr_record.get("date_shift_max_days"),
+    )
+    if ct_shift is not None and ehr_shift is not None and ct_shift != ehr_shift:
+        raise ValueError(
+            f"{cohort}: the curated CT dates were shifted with date_shift_max_days {ct_shift} "
+            f"and the EHR features with {ehr_shift}; re-materialise curated_scans and "
+            "ehr_features after changing params.yaml privacy.date_shift_max_days"
+        )
+
+
+def check_shares_a_key(
+    name: str, record: Mapping[str, Any], ehr_records: Mapping[str, Mapping[str, Any]]
+) -> None:
+    """Refuse an arrival batch whose key or date shift matches no cohort of the EHR store.
+
+    A batch's patients may belong to any cohort, so it must share the key and shift of at
+    least one; an EHR store without records (built before they existed) is not checked.
+    """
+    errors = []
+    for cohort, other in ehr_records.items():
+        try:
+            check_same_key(name, record, other)
+            return
+        except ValueError as error:
+            errors.append(f"{cohort}: {error}")
+    if errors:
+        raise ValueError(f"{name} shares its key and date shift with no EHR cohort; " + errors[0])
 
 
 def is_marked_synthetic(cohort_dir: Path) -> bool:
@@ -135,11 +218,15 @@ def pseudonymise(value: str, key: bytes, kind: str = "patient", length: int = 16
 
 
 def date_shift_days(patient_value: str, key: bytes, max_days: int) -> int:
-    """Consistent per-patient shift in [-max_days, max_days]; 0 when shifting is off."""
+    """The patient's shift in days, in [-max_days, -1] (0 when shifting is off).
+
+    A keyed hash of the raw patient id (DICOM PatientID = OMOP person_id), so CT and EHR of
+    one patient move together and nobody without the key can undo it.
+    """
     if max_days <= 0:
         return 0
     digest = hmac.new(key, f"dateshift:{patient_value}".encode(), hashlib.sha256).digest()
-    return int.from_bytes(digest[:4], "big") % (2 * max_days + 1) - max_days
+    return -(int.from_bytes(digest[:4], "big") % max_days) - 1
 
 
 def shift_date(value: dt.date, days: int) -> dt.date:

@@ -16,7 +16,12 @@ from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueT
 from feast.types import Float32, Int64
 
 from cohorts.ehr.covariates import CLINICAL_HISTORY_FEATURES
-from cohorts.ehr.features import CLINICAL_HISTORY, CLINICAL_SIGNATURES, DEMOGRAPHICS
+from cohorts.ehr.features import (
+    BIRTH_REFERENCE_DAY,
+    CLINICAL_HISTORY,
+    CLINICAL_SIGNATURES,
+    DEMOGRAPHICS,
+)
 from cohorts.ehr.signatures import signature_names
 
 REPO_DIR = Path(__file__).resolve().parent
@@ -33,7 +38,7 @@ def source_path(data_dir: Path, view: str) -> Path:
 def feature_definitions(data_dir: Path, ttl_days: int, n_signatures: int) -> list:
     """Entity, sources, feature views and services with sources under ``data_dir``.
 
-    Demographics never expire (ttl 0: a year of birth is valid for life); the clinical views
+    Demographics never expire (ttl 0: a birth reference is valid for life); the clinical views
     expire ``ttl_days`` after their latest snapshot, as stale history is no history.
     """
     patient = Entity(
@@ -45,7 +50,7 @@ def feature_definitions(data_dir: Path, ttl_days: int, n_signatures: int) -> lis
     schemas = {
         DEMOGRAPHICS: [
             Field(name="sex_female", dtype=Float32),
-            Field(name="year_of_birth", dtype=Int64),
+            Field(name=BIRTH_REFERENCE_DAY, dtype=Int64),
         ],
         CLINICAL_HISTORY: [Field(name=n, dtype=Float32) for n in CLINICAL_HISTORY_FEATURES],
         CLINICAL_SIGNATURES: [Field(name=n, dtype=Float32) for n in signature_names(n_signatures)],

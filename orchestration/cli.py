@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestration.params import PROFILE_ENV, REPO_ROOT, resolve_path, section
+from orchestration.params import PROFILE_ENV, REPO_ROOT, privacy_config, resolve_path, section
 
 STEP_SELECTIONS: dict[str, list[str]] = {
     "features": ["ehr_features", "training_examples"],
@@ -160,7 +160,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_curate(args: argparse.Namespace) -> int:
-    from cohorts.dicom import CurationConfig, curate_cohort
+    """Any folder of DICOM files (the pipeline's raw layout, or a hospital export as it is)."""
+    from cohorts.dicom import CurationConfig, RawCohort, curate_cohort
 
     params = section("curate")
     if args.workers:
@@ -169,9 +170,14 @@ def cmd_curate(args: argparse.Namespace) -> int:
     if not raw.is_dir():
         print(f"lungjepa curate: input folder not found: {raw}", file=sys.stderr)
         return 2
-    config = CurationConfig.from_params(params)
+    config = CurationConfig.from_params(params, privacy_config())
+    cohort = RawCohort.from_folder(
+        raw,
+        annotations=Path(args.annotations) if args.annotations else None,
+        labels=Path(args.labels) if args.labels else None,
+    )
     try:
-        summary = curate_cohort(raw, Path(args.output), config, progress=True)
+        summary = curate_cohort(cohort, Path(args.output), config, progress=True)
     except (OSError, ValueError) as error:
         print(f"lungjepa curate: {error}", file=sys.stderr)
         return 2
@@ -352,7 +358,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     artifacts_dir = resolve_path(args.artifacts_dir or paths["artifacts"])
     settings = CurationSettings(
         min_slices=int(curate["min_slices"]),
-        date_shift_max_days=int(curate.get("date_shift_max_days", 0)),
+        date_shift_max_days=privacy_config().date_shift_max_days,
     )
     try:
         model_path = resolve_model_path(args.model, artifacts_dir)
@@ -448,9 +454,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     curate = sub.add_parser("curate", help="curate one cohort's DICOM export")
     curate.add_argument(
-        "--input", required=True, help="raw cohort folder (dicom/, annotations.csv)"
+        "--input",
+        required=True,
+        help="a folder of DICOM files in any layout, or the pipeline's raw cohort folder "
+        "(dicom/ with annotations.csv and labels.csv beside it)",
     )
-    curate.add_argument("--output", required=True)
+    curate.add_argument(
+        "--output", required=True, help="curated output folder (not inside --input)"
+    )
+    curate.add_argument(
+        "--annotations", help="nodule annotations CSV (seriesuid, coordX/Y/Z mm, diameter_mm)"
+    )
+    curate.add_argument(
+        "--labels", help="labels CSV (person_id, seriesuid, malignant, diagnosis_date)"
+    )
     curate.add_argument("--workers", type=int)
     curate.set_defaults(func=cmd_curate)
 
@@ -464,7 +481,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pred.add_argument("--diameter", type=float, help="nodule diameter, mm (reported)")
     pred.add_argument("--patient-id", help="hospital patient id (DICOM PatientID)")
-    pred.add_argument("--at", help="scan date YYYY-MM-DD: picks the study (default: latest)")
+    pred.add_argument(
+        "--at",
+        help="the real scan date YYYY-MM-DD: picks the study (default: latest); outputs carry "
+        "the shifted date",
+    )
     pred.add_argument("--model", help="model.onnx path, or a name in production.json (jepa)")
     pred.add_argument("--features-json", help="EHR features {name: value} instead of Feast")
     pred.add_argument(

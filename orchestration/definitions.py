@@ -9,7 +9,12 @@ from orchestration.assets.incoming import IncomingArchive
 from orchestration.checks import onnx_parity
 from orchestration.jobs import full_pipeline, incoming_curation, retraining, weekly_retraining
 from orchestration.quality import QUALITY_CHECKS, cohort_drift
-from orchestration.resources import FeatureStoreResource, PipelinePaths, TorchDevice
+from orchestration.resources import (
+    FeatureStoreResource,
+    PipelinePaths,
+    PrivacyResource,
+    TorchDevice,
+)
 from orchestration.sensors import incoming_batches
 
 defs = dg.Definitions(
@@ -26,5 +31,6 @@ defs = dg.Definitions(
         "feature_store": FeatureStoreResource(),
         "torch_device": TorchDevice(),
         "incoming": IncomingArchive(),
+        "privacy": PrivacyResource(),
     },
 )

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from cohorts.privacy import PrivacyConfig
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PARAMS_ENV = "LUNGJEPA_PARAMS"
 PROFILE_ENV = "LUNGJEPA_PROFILE"
@@ -68,6 +70,12 @@ def section(name: str, profile: str | None = None) -> dict[str, Any]:
     if name not in data:
         raise KeyError(f"{params_path()}: no section {name!r}")
     return data[name]
+
+
+def privacy_config(profile: str | None = None) -> PrivacyConfig:
+    """params.yaml ``privacy``: read here by curation, the EHR features and predict alike, and
+    never a Dagster run-config field, so no launchpad override can shift CT and EHR apart."""
+    return PrivacyConfig.from_params(section("privacy", profile))
 
 
 def resolve_path(value: str | os.PathLike[str]) -> Path:

@@ -33,7 +33,13 @@ import pandas as pd
 from cohorts.dicom import CTVolume, SeriesError, nodule_crop
 from cohorts.dicom.scan import ScanResult, scan_dicom_tree
 from cohorts.dicom.series import select_series, validate_headers, volume_from_geometry
-from cohorts.ehr.features import AGE_AT_SCAN, add_age_at_scan, scan_timestamp
+from cohorts.ehr.features import (
+    AGE_AT_SCAN,
+    BIRTH_REFERENCE_DAY,
+    add_age_at_scan,
+    birth_reference_days,
+    scan_timestamp,
+)
 from cohorts.privacy import date_shift_days, pseudonymise, resolve_key, shift_date
 from models.onnx_runtime import load_verified_session, predict_onnx
 
@@ -90,6 +96,7 @@ class Scan:
     scan_date: dt.date
     warnings: list[str] = field(default_factory=list)
     pseudonym_key: bytes = field(default=b"", repr=False)  # the key resolved for this folder
+    date_shift_days: int = field(default=0, repr=False)  # the patient's shift (never output)
 
 
 @dataclass
@@ -235,11 +242,16 @@ def read_scan(
             + " (a CT image stack is needed: not MR, not a localizer, no missing slices)"
         )
     warnings = [f"series not used: {r}" for r in rejected]
-    if at is not None:
-        chosen = [s for s, d in dates.items() if d == at or (d is None and len(studies) == 1)]
+    if at is not None:  # the real date the user knows; the folder's dates are shifted here
+        shifted_at = shift_date(at, shift)
+        chosen = [
+            s for s, d in dates.items() if d == shifted_at or (d is None and len(studies) == 1)
+        ]
         if not chosen:
-            found = sorted(str(d) for d in dates.values())
-            raise PredictionError(f"no CT study on {at} in {dicom_dir}; studies on {found}")
+            raise PredictionError(
+                f"no CT study on {at} in {dicom_dir} ({len(studies)} CT stud"
+                f"{'y' if len(studies) == 1 else 'ies'} on other days)"
+            )
         study = chosen[0]
     else:
         dated = [s for s, d in dates.items() if d is not None]
@@ -258,10 +270,14 @@ def read_scan(
         except SeriesError as err:
             errors.append(f"{pseudonymise(series_uid, key, 'series')}: {err.index_reason}")
             continue
-        scan_date = dates[study] or at
+        scan_date = dates[study] or (shift_date(at, shift) if at is not None else None)
         assert scan_date is not None  # a single undated study needs --at (checked above)
         return Scan(
-            volume=volume, scan_date=scan_date, warnings=warnings + errors, pseudonym_key=key
+            volume=volume,
+            scan_date=scan_date,
+            warnings=warnings + errors,
+            pseudonym_key=key,
+            date_shift_days=shift,
         )
     raise PredictionError(f"no CT series of the study could be decoded: {'; '.join(errors)}")
 
@@ -301,27 +317,47 @@ def refuse_torch() -> Iterator[None]:
         sys.meta_path.remove(finder)
 
 
-def age_at_scan_years(year_of_birth: float, scan_date: dt.date) -> float:
-    """Age the way training computed it (``add_age_at_scan``; birth assumed mid-year)."""
+def age_at_scan_years(birth_reference_day: float, scan_date: dt.date) -> float:
+    """Age the way training computed it (``add_age_at_scan``), both dates shifted alike."""
     frame = pd.DataFrame(
-        {"event_timestamp": [scan_timestamp(scan_date)], YEAR_OF_BIRTH: [year_of_birth]}
+        {
+            "event_timestamp": [scan_timestamp(scan_date)],
+            BIRTH_REFERENCE_DAY: [birth_reference_day],
+        }
     )
     return float(add_age_at_scan(frame)[AGE_AT_SCAN].iloc[0])
 
 
+def _birth_day(raw: dict[str, Any], shift_days: int) -> float:
+    """The birth reference day of a feature row: the store's, or from a typed year of birth
+    (the real year, shifted here by the patient's shift like the store's); NaN when absent."""
+    if _present(raw.get(BIRTH_REFERENCE_DAY)):
+        return float(raw[BIRTH_REFERENCE_DAY])
+    if _present(raw.get(YEAR_OF_BIRTH)):
+        year = pd.Series([int(float(raw[YEAR_OF_BIRTH]))])
+        return float(birth_reference_days(year, shift_days).iloc[0])
+    return float("nan")
+
+
 def ehr_vector(
-    raw: dict[str, Any], names: Sequence[str], scan_date: dt.date, source: str
+    raw: dict[str, Any],
+    names: Sequence[str],
+    scan_date: dt.date,
+    source: str,
+    shift_days: int = 0,
 ) -> EhrInput:
     """Model-ordered features from a feature row; the missing-value rule of training.
 
     All features missing: ``available`` False (ehr_mask False, zeros). Some missing: zeros
     for those, with a warning naming them (as ``assemble_examples`` fills NaN with 0).
+    ``scan_date`` is the shifted date; ``shift_days`` the patient's shift, used only to place
+    a typed ``year_of_birth`` on the same shifted calendar.
     """
     values: dict[str, float] = {}
     for name in names:
         if name == AGE_AT_SCAN and AGE_AT_SCAN not in raw:
-            yob = raw.get(YEAR_OF_BIRTH)
-            value = age_at_scan_years(float(yob), scan_date) if _present(yob) else float("nan")
+            birth = _birth_day(raw, shift_days)
+            value = age_at_scan_years(birth, scan_date) if _present(birth) else float("nan")
         else:
             value = float(raw[name]) if _present(raw.get(name)) else float("nan")
         values[name] = value
@@ -367,7 +403,7 @@ def online_ehr(
     return ehr_vector(feature_values, names, scan_date, "feast_online")
 
 
-def json_ehr(path: Path, names: Sequence[str], scan_date: dt.date) -> EhrInput:
+def json_ehr(path: Path, names: Sequence[str], scan_date: dt.date, shift_days: int = 0) -> EhrInput:
     """Features from a JSON object {name: value}; age may come as year_of_birth instead."""
     try:
         raw = json.loads(Path(path).read_text())
@@ -378,7 +414,7 @@ def json_ehr(path: Path, names: Sequence[str], scan_date: dt.date) -> EhrInput:
     needed = [n for n in names if n not in raw and not (n == AGE_AT_SCAN and YEAR_OF_BIRTH in raw)]
     if needed:
         raise PredictionError(f"--features-json {path} lacks the model's features {needed}")
-    return ehr_vector(raw, names, scan_date, "features_json")
+    return ehr_vector(raw, names, scan_date, "features_json", shift_days)
 
 
 # ---------------------------------------------------------------- inputs and the run
@@ -434,7 +470,9 @@ def predict(request: PredictRequest) -> dict[str, Any]:
     warnings = list(scan.warnings)
     names = spec.ehr_feature_names
     if request.features_json is not None:
-        ehr: EhrInput | None = json_ehr(request.features_json, names, scan.scan_date)
+        ehr: EhrInput | None = json_ehr(
+            request.features_json, names, scan.scan_date, scan.date_shift_days
+        )
     else:
         ehr = online_ehr(patient, names, scan.scan_date, request.data_dir, request.feature_repo_dir)
     if ehr is None:

@@ -9,9 +9,11 @@ from typing import Any
 import dagster as dg
 
 from cohorts.files import atomic_write_json
+from cohorts.privacy import PrivacyConfig
 from orchestration.params import REPO_ROOT, resolve_path, section
 
 _PATHS = section("paths")
+_PRIVACY = section("privacy")
 COHORTS: tuple[str, ...] = ("archive", "internal", "external")
 
 
@@ -78,6 +80,20 @@ def resources_under(root: Path) -> dict[str, Any]:
         },
         "feature_store": {"config": {"data_dir": str(root / "data")}},
     }
+
+
+class PrivacyResource(dg.ConfigurableResource):
+    """De-identification settings (params.yaml ``privacy``), one value per run for every asset.
+
+    A resource, not each asset's Config, so that curation and the EHR features of one run
+    always shift dates alike; across runs the key record (cohorts/privacy.py) catches a
+    mismatch. Holds no secret: the key is never here.
+    """
+
+    date_shift_max_days: int = _PRIVACY["date_shift_max_days"]
+
+    def domain(self) -> PrivacyConfig:
+        return PrivacyConfig(date_shift_max_days=self.date_shift_max_days)
 
 
 class FeatureStoreResource(dg.ConfigurableResource):

@@ -17,13 +17,19 @@ def pipeline_run_config(root: Path) -> dict[str, Any]:
 
 
 def run_pipeline(
-    root: Path, instance: dg.DagsterInstance, selection: list[str] | None = None
+    root: Path,
+    instance: dg.DagsterInstance,
+    selection: list[str] | None = None,
+    resources: dict[str, dict[str, Any]] | None = None,
 ) -> dg.ExecuteInProcessResult:
+    """``resources``: extra resource config by name, e.g. {"privacy": {"date_shift_max_days": 0}}."""
     from orchestration.definitions import defs
 
     job = defs.resolve_job_def("full_pipeline")
     keys = [dg.AssetKey(name) for name in selection] if selection else None
     config = pipeline_run_config(root)
+    for name, values in (resources or {}).items():
+        config["resources"][name] = {"config": values}
     if selection is not None and "evaluation" not in selection:
         config.pop("ops")
     return job.execute_in_process(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 import shutil
 import subprocess
@@ -18,6 +20,7 @@ from system_tools import require_tool
 
 from cohorts.dicom import (
     CurationConfig,
+    RawCohort,
     SeriesError,
     curate_cohort,
     nodule_crop,
@@ -403,20 +406,30 @@ def test_lung_statistics_of_a_chest_like_volume() -> None:
 def test_config_from_params_file() -> None:
     import yaml
 
-    params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())["curate"]
-    cfg = CurationConfig.from_params(params)
+    from cohorts.privacy import PrivacyConfig
+
+    whole = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    params = whole["curate"]
+    privacy = PrivacyConfig.from_params(whole["privacy"])
+    cfg = CurationConfig.from_params(params, privacy)
     assert cfg.crop_size_vox == params["crop_size_vox"] and cfg.min_slices == params["min_slices"]
+    assert cfg.date_shift_max_days == privacy.date_shift_max_days > 0  # on by default
     assert cfg.pseudonym_key is None  # never a setting: resolved per cohort (cohorts/privacy.py)
 
 
 def test_unusable_arguments_raise(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="dicom"):
+    with pytest.raises(FileNotFoundError, match="DICOM input folder not found: .*missing"):
         curate_cohort(tmp_path / "missing", tmp_path / "out", config(), progress=False)
     (tmp_path / "raw" / "dicom").mkdir(parents=True)
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(PermissionError, match="not writable"):
         curate_cohort(tmp_path / "raw", blocker / "out", config(), progress=False)
+    with pytest.raises(ValueError, match="inside the DICOM input"):
+        curate_cohort(tmp_path / "raw", tmp_path / "raw" / "dicom" / "out", config())
+    given = RawCohort.from_folder(tmp_path / "raw", annotations=tmp_path / "no.csv")
+    with pytest.raises(FileNotFoundError, match="input file not found: .*no.csv"):
+        curate_cohort(given, tmp_path / "out", config(), progress=False)
 
 
 @pytest.mark.slow
@@ -432,3 +445,56 @@ def test_throughput_slices_per_second(tmp_path: Path) -> None:
         f"{summary.slices_processed} slices in {seconds:.2f} s: {summary.slices_processed / seconds:.0f} slices/s"
     )
     assert summary.accepted == 4
+
+
+def test_cli_curates_a_plain_hospital_export_with_its_private_key_and_shifted_dates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`lungjepa curate` on a folder as a PACS exports it: no dicom/, no annotations.csv,
+    files without extensions under patient-named folders, a DICOMDIR and a stray text file.
+    Every series is indexed (accepted or quarantined with its reason); ids use this
+    installation's private key (never the demo key) and dates are shifted by default."""
+    from cohorts.privacy import DEMO_KEY, KEY_RECORD, resolve_key
+    from orchestration import cli
+
+    export = tmp_path / "EXPORT"
+    study = export / "DOE_JANET" / "CT_CHEST_20200115"
+    good = write_ct_series(study / "SER1", n_slices=12, sphere=((0, 0, -10), 4.0, 60.0))
+    mr = write_ct_series(study / "SER2", n_slices=12, modality="MR", study_uid=good.study_uid)
+    gap = write_ct_series(study / "SER3", n_slices=12, missing_slice=5)
+    shutil.copy(DICOMDIR_TESTS / "DICOMDIR", export / "DICOMDIR")
+    (export / "README.txt").write_text("exported by PACS\n")
+    annotations = tmp_path / "nodules.csv"
+    pd.DataFrame(
+        {"seriesuid": [good.series_uid], "coordX": [0.0], "coordY": [0.0], "coordZ": [-10.0],
+         "diameter_mm": [8.0]}
+    ).to_csv(annotations, index=False)  # fmt: skip
+    out = tmp_path / "curated"
+
+    code = cli.main(["curate", "--input", str(export), "--output", str(out), "--annotations",
+                     str(annotations), "--workers", "1"])  # fmt: skip
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    index = pd.read_parquet(out / "index.parquet")
+    key = resolve_key(synthetic=False)  # this installation's key (conftest: a temp key file)
+    status = dict(zip(index["series_id"], index["status"] + " " + index["reason"], strict=True))
+    assert len(status) == 3
+    assert status[pseudonymise(good.series_uid, key, "series")] == "ok "
+    assert "modality: MR" in status[pseudonymise(mr.series_uid, key, "series")]
+    assert status[pseudonymise(gap.series_uid, key, "series")].startswith("quarantined ")
+    assert pseudonymise(good.series_uid, DEMO_KEY.encode(), "series") not in status
+    patients = set(index["patient_id"])
+    assert patients == {pseudonymise(PHI["patient_id"], key, "patient")}
+    assert pseudonymise(PHI["patient_id"], DEMO_KEY.encode(), "patient") not in patients
+    # dates: shifted back by the patient's keyed shift (params.yaml privacy, on by default)
+    shift = date_shift_days(PHI["patient_id"], key, 365)
+    assert -365 <= shift <= -1
+    assert set(index["study_date"]) == {str(dt.date(2020, 1, 15) + dt.timedelta(days=shift))}
+    quarantine = pd.read_parquet(out / "quarantine.parquet")
+    assert "not_dicom" in set(quarantine.loc[quarantine["file"] == "README.txt", "reason"])
+    assert len(pd.read_parquet(out / "nodules.parquet")) == 1
+    record = json.loads((out / KEY_RECORD).read_text())
+    assert record["synthetic"] is False and record["date_shift_max_days"] == 365
+    blob = b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file()) + printed.out.encode()
+    for value in (PHI["patient_id"], "DOE_JANET", "20200115", good.series_uid, key.decode()):
+        assert value.encode() not in blob, value

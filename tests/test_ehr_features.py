@@ -16,6 +16,7 @@ from cohorts.ehr import (
     ClinicalSignatures,
     OmopFormatError,
     add_age_at_scan,
+    birth_reference_days,
     build_feature_tables,
     ehr_feature_names,
     fit_signatures,
@@ -23,7 +24,7 @@ from cohorts.ehr import (
 )
 from cohorts.ehr.intensities import code_intensities
 from cohorts.ehr.snapshots import snapshot_index
-from cohorts.privacy import pseudonymise
+from cohorts.privacy import date_shift_days, pseudonymise
 
 KEY = b"test-key"
 AS_OF = dt.date(2024, 1, 1)
@@ -173,8 +174,9 @@ def test_covariates_follow_documented_rules(tmp_path: Path) -> None:
     assert hist.index.max() == exit_day
     assert (tables[CLINICAL_HISTORY]["patient_id"] == pseudonymise("A", KEY, "patient")).all()
     demo = tables[DEMOGRAPHICS].iloc[0]
-    assert demo["year_of_birth"] == 1950 and demo["sex_female"] == 1.0
-    assert "birth_date" not in tables[DEMOGRAPHICS].columns
+    assert demo["birth_reference_day"] == (dt.date(1950, 7, 1) - dt.date(1970, 1, 1)).days
+    assert demo["sex_female"] == 1.0
+    assert {"birth_date", "year_of_birth"}.isdisjoint(tables[DEMOGRAPHICS].columns)
 
 
 def _fitted_dummy() -> ClinicalSignatures:
@@ -247,11 +249,52 @@ def test_feature_names_and_age_at_scan() -> None:
     frame = pd.DataFrame(
         {
             "event_timestamp": pd.to_datetime(["2020-07-02", "2020-01-01"]).tz_localize("UTC"),
-            "year_of_birth": [1950, 1960],
+            "birth_reference_day": birth_reference_days(pd.Series([1950, 1960])),
         }
     )
     aged = add_age_at_scan(frame)
     np.testing.assert_allclose(aged["age_at_scan_years"], [70.0, 59.5], atol=0.01)
+    # both dates moved by the same shift: the same age, to the bit
+    shifted = frame.assign(
+        event_timestamp=frame["event_timestamp"] - pd.Timedelta(days=200),
+        birth_reference_day=birth_reference_days(pd.Series([1950, 1960]), -200),
+    )
+    np.testing.assert_array_equal(
+        add_age_at_scan(shifted)["age_at_scan_years"], aged["age_at_scan_years"]
+    )
+
+
+def test_date_shift_moves_every_timestamp_of_a_patient_and_no_value(tmp_path: Path) -> None:
+    """CT and EHR shift alike (cohorts/privacy.py): the EHR tables of a shifted run are the
+    unshifted tables with each patient's timestamps moved by date_shift_days, nothing else."""
+    ehr = write_ehr(
+        tmp_path / "ehr",
+        {
+            "person": ["A,F,1950,,,,1", "B,M,1961,,,,1"],
+            "condition_occurrence": ["A,J44.9,2011-06-01", "B,F17.210,2012-03-04"],
+            "observation": ["A,401201003,2011-06-01,30", "B,Z87.891,2014-05-05,"],
+        },
+    )
+    signatures = _fitted_dummy()
+    plain = build_feature_tables(ehr, "internal", KEY, signatures, 365, as_of=AS_OF)
+    moved = build_feature_tables(
+        ehr, "internal", KEY, signatures, 365, as_of=AS_OF, date_shift_max_days=365
+    )
+    shift = {pseudonymise(p, KEY, "patient"): date_shift_days(p, KEY, 365) for p in ("A", "B")}
+    assert len(set(shift.values())) == 2 and all(-365 <= d <= -1 for d in shift.values())
+    for view in (DEMOGRAPHICS, CLINICAL_HISTORY):
+        a, b = plain.tables[view], moved.tables[view]
+        days = pd.to_timedelta(a["patient_id"].map(shift), unit="D")
+        pd.testing.assert_series_equal(
+            b["event_timestamp"], a["event_timestamp"] + days, check_names=False
+        )
+        values = [c for c in a.columns if c not in ("event_timestamp", "birth_reference_day")]
+        pd.testing.assert_frame_equal(a[values], b[values])
+    births = moved.tables[DEMOGRAPHICS]["birth_reference_day"]
+    expected = plain.tables[DEMOGRAPHICS]["birth_reference_day"] + plain.tables[DEMOGRAPHICS][
+        "patient_id"
+    ].map(shift)
+    pd.testing.assert_series_equal(births, expected, check_names=False)
 
 
 def test_person_without_events_has_demographics_only(tmp_path: Path) -> None:

@@ -116,6 +116,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     }
 
 
+def _mid_year(year: int) -> int:
+    """birth_reference_day of an unshifted year of birth (cohorts/ehr/features.py)."""
+    return (dt.date(year, 7, 1) - dt.date(1970, 1, 1)).days
+
+
 def _truncated_features(world: dict, as_of: dt.date) -> CohortFeatures:
     """The same cohort built from only the events up to ``as_of`` (the ground truth)."""
     return build_feature_tables(
@@ -140,9 +145,9 @@ def test_point_in_time_features_never_see_later_events(world: dict) -> None:
     assert first["family_history_lung_cancer"] == 1  # scan-day event counts
     assert first["emphysema"] == 0  # next-day event does not
     assert first["smoking_current"] == 0 and first["pack_years"] == 0
-    assert first["sex_female"] == 1 and first["year_of_birth"] == 1955
+    assert first["sex_female"] == 1 and first["birth_reference_day"] == _mid_year(1955)
     assert got.iloc[1][CLINICAL_HISTORY_FEATURES + SIGNATURES].isna().all()  # nothing yet
-    assert got.iloc[1]["year_of_birth"] == 1948
+    assert got.iloc[1]["birth_reference_day"] == _mid_year(1948)
     later = got.iloc[2]
     assert later["emphysema"] == 1 and later["smoking_current"] == 1 and later["pack_years"] == 40
 
@@ -162,7 +167,7 @@ def test_online_features_equal_historical_at_materialisation(world: dict) -> Non
     store, a, b = world["store"], world["A"], world["B"]
     first_end = dt.datetime(2019, 3, 1, tzinfo=dt.UTC)
     second_end = dt.datetime(2021, 3, 1, tzinfo=dt.UTC)
-    names = ["sex_female", "year_of_birth", *CLINICAL_HISTORY_FEATURES, *SIGNATURES]
+    names = ["sex_female", "birth_reference_day", *CLINICAL_HISTORY_FEATURES, *SIGNATURES]
     for end in (first_end, second_end):  # the second run is incremental
         materialize(store, end)
         online = online_features(store, [a, b]).set_index("patient_id")

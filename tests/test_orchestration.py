@@ -100,6 +100,7 @@ def feast_store_with_ehr(data_dir: Path, root: Path, patient_id: str) -> None:
     from cohorts.ehr import build_feature_tables, combine_cohorts, fit_signatures
     from cohorts.privacy import resolve_key
     from feature_repo.store import apply_definitions, open_store, write_sources
+    from orchestration.params import privacy_config
 
     signatures = fit_signatures(archive_ehr(root / "archive_ehr"), N_SIG, LOOKBACK, as_of=AS_OF)
     ehr = write_ehr(
@@ -110,7 +111,10 @@ def feast_store_with_ehr(data_dir: Path, root: Path, patient_id: str) -> None:
         },
     )
     key = resolve_key(synthetic=False)  # the key curation uses for this (unmarked) batch
-    built = build_feature_tables(ehr, "internal", key, signatures, LOOKBACK, as_of=AS_OF)
+    shift = privacy_config().date_shift_max_days  # and the date shift
+    built = build_feature_tables(
+        ehr, "internal", key, signatures, LOOKBACK, as_of=AS_OF, date_shift_max_days=shift
+    )
     write_sources(combine_cohorts([built]), data_dir)
     apply_definitions(open_store(REPO_DIR, data_dir), data_dir, TTL_DAYS, N_SIG)
 

@@ -5,6 +5,7 @@ Dagster, Feast, DICOM, onnxruntime); the DICOM folders are a patient's files cop
 raw archive, or series written with tests/dicom_factory.py for the bad cases.
 """
 
+import datetime as dt
 import json
 import shutil
 import subprocess
@@ -17,11 +18,17 @@ import pytest
 from dicom_factory import write_ct_series
 
 from cohorts.dicom.scan import scan_dicom_tree
-from cohorts.ehr.features import AGE_AT_SCAN, add_age_at_scan, scan_timestamp
-from cohorts.privacy import pseudonymise, resolve_key
+from cohorts.ehr.features import (
+    AGE_AT_SCAN,
+    add_age_at_scan,
+    birth_reference_days,
+    scan_timestamp,
+)
+from cohorts.privacy import date_shift_days, pseudonymise, resolve_key
 from feature_repo.store import online_features, open_store
 from models.onnx_runtime import load_verified_session, predict_onnx
 from orchestration import cli
+from orchestration.params import privacy_config
 from orchestration.predict import (
     EhrInput,
     ModelSpec,
@@ -68,16 +75,25 @@ def case(pipeline: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(header.path, target)
     date = series[latest][0].study_date
+    shift = date_shift_days(mrn, KEY, privacy_config("tiny").date_shift_max_days)
+    assert shift < 0  # the default: real and synthetic dates alike leave shifted
+
+    def shifted(dicom_date: str) -> str:
+        return (dt.date.fromisoformat(iso(dicom_date)) + dt.timedelta(days=shift)).isoformat()
+
+    def iso(d: str) -> str:
+        return f"{d[:4]}-{d[4:6]}-{d[6:8]}"
+
     return {
         "mrn": mrn,
         "folder": folder,
         "series_uid": latest,
         "nodule": (float(row["coordX"]), float(row["coordY"]), float(row["coordZ"])),
         "diameter_mm": float(row["diameter_mm"]),
-        "study_date": f"{date[:4]}-{date[4:6]}-{date[6:8]}",
-        "first_date": min(
-            f"{d[:4]}-{d[4:6]}-{d[6:8]}" for d in (series[u][0].study_date for u in annotated)
-        ),
+        "study_date": iso(date),  # real dates, as the user knows them
+        "first_date": min(iso(series[u][0].study_date) for u in annotated),
+        "shifted_study_date": shifted(date),  # what outputs carry
+        "shifted_first_date": min(shifted(series[u][0].study_date) for u in annotated),
     }
 
 
@@ -126,7 +142,8 @@ def test_predict_end_to_end_without_torch(pipeline: Path, case: dict) -> None:
     inputs = result["inputs"]
     assert inputs["patient_id"] == patient
     assert inputs["series_id"] == series_id
-    assert inputs["scan_date"] == case["study_date"]
+    assert inputs["scan_date"] == case["shifted_study_date"]
+    assert case["study_date"] not in proc.stdout  # the real scan date never leaves
     assert inputs["ehr_source"] == "feast_online" and inputs["ehr_mask"] is True
     session, card = load_verified_session(_production_onnx(pipeline))
     meta = card["metadata"]
@@ -148,7 +165,7 @@ def test_predict_end_to_end_without_torch(pipeline: Path, case: dict) -> None:
     names = json.loads(meta["ehr_feature_names"])
     store = open_store(REPO / "feature_repo", pipeline / "data")
     online = online_features(store, [patient])
-    online["event_timestamp"] = scan_timestamp(case["study_date"])
+    online["event_timestamp"] = scan_timestamp(case["shifted_study_date"])
     row = add_age_at_scan(online).iloc[0]
     assert inputs["ehr_features"] == pytest.approx({n: float(row[n]) for n in names}, abs=1e-6)
 
@@ -221,10 +238,13 @@ def test_unknown_patient(pipeline: Path, tmp_path: Path, capsys) -> None:
     assert code == 0
     used = json.loads(out)["inputs"]
     assert used["ehr_source"] == "features_json" and used["ehr_mask"] is True
+    # the typed (real) year of birth is shifted like the scan: the age of the real dates
+    real_birth = float(birth_reference_days(pd.Series([1950])).iloc[0])
     assert used["ehr_features"][AGE_AT_SCAN] == pytest.approx(
-        age_at_scan_years(1950, pd.Timestamp("2020-01-15").date()), abs=1e-6
+        age_at_scan_years(real_birth, dt.date(2020, 1, 15)), abs=1e-6
     )
     assert 69.5 < used["ehr_features"][AGE_AT_SCAN] < 70.0
+    assert used["scan_date"] != "2020-01-15"  # shifted, with this installation's key
 
 
 def test_patient_id_must_match_the_series(pipeline: Path, case: dict, capsys) -> None:
@@ -238,10 +258,10 @@ def test_at_picks_the_study_of_that_date(pipeline: Path, case: dict, capsys) -> 
     argv = _args(pipeline, case["folder"], case["nodule"], case["mrn"])
     code, out, _ = _run(capsys, argv)
     latest = json.loads(out)["inputs"]
-    assert code == 0 and latest["scan_date"] == case["study_date"]
-    code, out, _ = _run(capsys, [*argv, "--at", case["first_date"]])
+    assert code == 0 and latest["scan_date"] == case["shifted_study_date"]
+    code, out, _ = _run(capsys, [*argv, "--at", case["first_date"]])  # the real date
     first = json.loads(out)["inputs"]
-    assert code == 0 and first["scan_date"] == case["first_date"]
+    assert code == 0 and first["scan_date"] == case["shifted_first_date"]
     assert case["first_date"] < case["study_date"]
     assert first["series_id"] != latest["series_id"]
     assert any("online store's latest" in w for w in json.loads(out)["warnings"])
@@ -320,8 +340,18 @@ def test_ehr_vector_follows_the_training_missing_rule() -> None:
         {"sex_female": 1.0, "year_of_birth": 1960, "pack_years": 30.0}, names, day, "x"
     )
     assert full.available and not full.warnings
-    frame = pd.DataFrame({"event_timestamp": [scan_timestamp(day)], "year_of_birth": [1960]})
+    birth = birth_reference_days(pd.Series([1960]))
+    frame = pd.DataFrame({"event_timestamp": [scan_timestamp(day)], "birth_reference_day": birth})
     assert full.values[AGE_AT_SCAN] == pytest.approx(float(add_age_at_scan(frame)[AGE_AT_SCAN][0]))
+    # a typed year of birth is placed on the patient's shifted calendar: same age
+    moved = ehr_vector(
+        {"sex_female": 1.0, "year_of_birth": 1960, "pack_years": 30.0},
+        names,
+        day - dt.timedelta(days=100),
+        "x",
+        shift_days=-100,
+    )
+    assert moved.values[AGE_AT_SCAN] == full.values[AGE_AT_SCAN]
     partial = ehr_vector(
         {"sex_female": 0.0, "year_of_birth": 1960, "pack_years": None}, names, day, "x"
     )

@@ -17,6 +17,7 @@ from cohorts.privacy import (
     date_shift_days,
     installation_key,
     key_fingerprint,
+    key_record,
     pseudonymise,
     resolve_key,
 )
@@ -111,9 +112,11 @@ def test_generator_output_keeps_the_demo_key_but_a_marker_over_real_files_is_ref
         curate_cohort(cohort, tmp_path / "out2", config, progress=False)
 
 
-def test_date_shift_is_bounded_and_consistent() -> None:
+def test_date_shift_is_backward_bounded_keyed_and_consistent() -> None:
     shifts = {date_shift_days(f"MRN{i}", b"k", 30) for i in range(200)}
-    assert all(-30 <= s <= 30 for s in shifts) and len(shifts) > 10
+    assert all(-30 <= s <= -1 for s in shifts) and len(shifts) > 20
+    other_key = [date_shift_days(f"MRN{i}", b"other", 30) for i in range(50)]
+    assert other_key != [date_shift_days(f"MRN{i}", b"k", 30) for i in range(50)]
     assert date_shift_days("MRN1", b"k", 30) == date_shift_days("MRN1", b"k", 30)
     assert date_shift_days("MRN1", b"k", 0) == 0
 
@@ -121,10 +124,116 @@ def test_date_shift_is_bounded_and_consistent() -> None:
 def test_ct_and_ehr_pseudonymised_with_different_keys_are_refused_not_joined() -> None:
     from cohorts.privacy import check_same_key
 
-    a, b = key_fingerprint(b"key-a" * 8), key_fingerprint(b"key-b" * 8)
+    a, b = key_record(b"key-a" * 8, 30, False), key_record(b"key-b" * 8, 30, False)
     check_same_key("internal", a, a)  # same key: joins
-    check_same_key("internal", a, None)  # an older output without a record: not checked
+    check_same_key("internal", a, {})  # an older output without a record: not checked
     with pytest.raises(
         ValueError, match=r"internal: the curated CT ids .* EHR features .* same key"
     ):
         check_same_key("internal", a, b)
+    with pytest.raises(ValueError, match=r"internal: .* date_shift_max_days 30 .* with 0"):
+        check_same_key("internal", a, key_record(b"key-a" * 8, 0, False))
+
+
+def test_an_arrival_batch_must_share_the_key_of_some_ehr_cohort() -> None:
+    from cohorts.privacy import check_shares_a_key
+
+    site, demo = key_record(b"key-a" * 8, 30, False), key_record(DEMO_KEY.encode(), 30, True)
+    check_shares_a_key("incoming batch b1", site, {"archive": demo, "internal": site})
+    check_shares_a_key("incoming batch b1", site, {})  # a store built before records: unchecked
+    with pytest.raises(ValueError, match=r"incoming batch b1 shares its key .* no EHR cohort"):
+        check_shares_a_key("incoming batch b1", site, {"archive": demo})
+
+
+def test_shifted_and_unshifted_pipelines_give_the_same_examples_and_the_same_model(
+    tiny_pipeline: tuple, tmp_path: Path
+) -> None:
+    """The date shift (on by default) changes every released date and nothing a model sees.
+
+    The session's tiny pipeline ran with params.yaml's shift; here the same raw archive is
+    curated, featurised through Feast and assembled again with the shift off. CT and EHR
+    moved together, so the point-in-time join picks the same snapshot for every scan.
+    """
+    import shutil
+
+    import dagster as dg
+    import numpy as np
+    import torch
+    from pipeline_run import run_pipeline
+
+    from models.data import load_examples
+    from models.diagnostic import DiagnosticModel
+    from models.encoders import EncoderConfig, MultimodalEncoder
+    from models.finetune import FinetuneConfig, finetune, predict_proba
+    from orchestration.resources import COHORTS
+
+    shifted_root, _, shifted_run = tiny_pipeline
+    assert shifted_run.success
+    plain_root = tmp_path / "plain"
+    shutil.copytree(shifted_root / "data" / "raw", plain_root / "data" / "raw")
+    (tmp_path / "dagster_home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
+        plain_run = run_pipeline(
+            plain_root,
+            instance,
+            ["curated_scans", "ehr_features", "training_examples"],
+            resources={"privacy": {"date_shift_max_days": 0}},
+        )
+    assert plain_run.success
+
+    for cohort in COHORTS:
+        shifted_index = pd.read_parquet(shifted_root / "data/curated" / cohort / "index.parquet")
+        plain_index = pd.read_parquet(plain_root / "data/curated" / cohort / "index.parquet")
+        both = shifted_index.merge(plain_index, on="series_id", suffixes=("_s", "_p"))
+        assert len(both) == len(plain_index) > 0
+        days = (pd.to_datetime(both["study_date_p"]) - pd.to_datetime(both["study_date_s"])).dt.days
+        assert days.between(1, 365).all()  # every date moved back
+        assert (days.groupby(both["patient_id_s"]).nunique() == 1).all()  # one shift a patient
+        a = np.load(shifted_root / "data/examples" / f"{cohort}.npz")
+        b = np.load(plain_root / "data/examples" / f"{cohort}.npz")
+        assert sorted(a.files) == sorted(b.files)
+        for name in a.files:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=f"{cohort}: {name}")
+
+    models = []
+    for root in (shifted_root, plain_root):
+        examples = load_examples(root / "data/examples/internal.npz")
+        torch.manual_seed(0)
+        config = EncoderConfig(
+            n_ehr_features=examples.n_ehr_features,
+            crop_size_vox=examples.crop_size_vox,
+            embed_dim=16,
+            depth=1,
+            heads=2,
+        )
+        model = DiagnosticModel(MultimodalEncoder(config), "multimodal")
+        trained = finetune(model, examples, examples, FinetuneConfig(epochs=2), progress=False)
+        models.append(predict_proba(trained.model, examples))
+    np.testing.assert_array_equal(models[0], models[1])
+
+
+def test_every_card_records_the_key_fingerprint_and_never_the_key(tiny_pipeline: tuple) -> None:
+    """Examples, model cards and the ONNX metadata name the key by its fingerprint, so a model
+    can be traced to the ids it was trained on; the key itself appears nowhere."""
+    import json
+
+    import onnx
+
+    root, _, result = tiny_pipeline
+    assert result.success
+    demo = key_fingerprint(DEMO_KEY.encode())  # the tiny archive is the generator's output
+    examples = json.loads((root / "data/examples/key_fingerprint.json").read_text())
+    assert {c: r["key_fingerprint"] for c, r in examples.items()} == {
+        "archive": demo,
+        "internal": demo,
+        "external": demo,
+    }
+    assert {r["date_shift_max_days"] for r in examples.values()} == {365}
+    latest = json.loads((root / "artifacts/models/latest.json").read_text())
+    card_text = (root / "artifacts" / latest["path"] / "card.json").read_text()
+    assert json.loads(card_text)["privacy"] == examples
+    exported = json.loads((root / "artifacts" / latest["path"] / "onnx/exported.json").read_text())
+    onnx_path = root / "artifacts" / exported["models"]["jepa"]
+    metadata = {p.key: p.value for p in onnx.load(onnx_path).metadata_props}
+    assert json.loads(metadata["key_fingerprints"])["internal"] == demo
+    assert DEMO_KEY not in card_text and DEMO_KEY not in json.dumps(metadata)

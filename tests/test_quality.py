@@ -1,5 +1,6 @@
 """Data-quality suites (great-expectations 1.x), blocking Dagster checks, and drift statistics."""
 
+import datetime as dt
 import itertools
 import math
 from pathlib import Path
@@ -173,7 +174,12 @@ def ehr_tables(n: int = 8) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         }
     )
     demographics = pd.DataFrame(
-        {"patient_id": ids, "cohort": "internal", "sex_female": 1.0, "year_of_birth": 1955}
+        {
+            "patient_id": ids,
+            "cohort": "internal",
+            "sex_female": 1.0,
+            "birth_reference_day": (dt.date(1955, 7, 1) - dt.date(1970, 1, 1)).days,
+        }
     )
     return scans, snapshots, demographics
 

@@ -1,13 +1,18 @@
 """Curate a raw CT archive into the "Curated cohort" contract (docs/ARCHITECTURE.md).
 
+Inputs (``RawCohort``): the pipeline's layout ``raw/<cohort>/{dicom/, annotations.csv,
+labels.csv}``, or any folder of DICOM files as a hospital exports it (nested or flat, with or
+without extensions, DICOMDIR and stray non-DICOM files included), with the annotation and
+label CSVs optional and given separately.
+
 Steps, each visible in ``curate_cohort``:
 
-1. walk ``raw/<cohort>/dicom`` and read every file's header in a pool (pixels deferred);
+1. walk the DICOM folder and read every file's header in a pool (pixels deferred);
 2. group by SeriesInstanceUID; check type and geometry from headers (reasons in
    ``cohorts.dicom.series``; file reasons in ``cohorts.dicom.scan``);
 3. per study, order the valid candidates (thinnest first) and decode them in a pool, one
    series in memory per worker, until one is accepted; the others are ``not_selected``;
-4. save HU volumes at native spacing and nodule crops from ``annotations.csv``;
+4. save HU volumes at native spacing and nodule crops from the annotations (if any);
 5. link each patient's scans in time and match nodules across them (nearest centre within
    ``nodule_match_tolerance_mm`` -> same ``nodule_id``);
 6. write index / quarantine / nodules / labels parquet files atomically.
@@ -69,9 +74,11 @@ from cohorts.files import atomic_output, atomic_write_json
 from cohorts.privacy import (
     KEY_RECORD,
     SYNTHETIC_MARKER,
+    PrivacyConfig,
     date_shift_days,
     is_marked_synthetic,
     key_fingerprint,
+    key_record,
     pseudonymise,
     resolve_key,
     shift_date,
@@ -114,6 +121,43 @@ LABEL_COLUMNS = LABEL_SCHEMA.names
 
 
 @dataclass(frozen=True)
+class RawCohort:
+    """Where one cohort's inputs are.
+
+    root: quarantine paths and file fingerprints are relative to it; the generator's
+    ``synthetic.json`` marker is looked for here. dicom_dir: every DICOM file under it, any
+    layout. annotations / labels: the optional CSVs (docs/ARCHITECTURE.md, "Raw archive").
+    """
+
+    root: Path
+    dicom_dir: Path
+    annotations: Path | None = None
+    labels: Path | None = None
+
+    @classmethod
+    def from_folder(
+        cls, folder: Path, annotations: Path | None = None, labels: Path | None = None
+    ) -> RawCohort:
+        """The pipeline's layout when ``folder/dicom`` exists, else a plain folder of DICOM.
+
+        In the pipeline's layout the CSVs beside ``dicom/`` are used unless others are given.
+        """
+        folder = Path(folder)
+        if (folder / "dicom").is_dir():
+            return cls(
+                root=folder,
+                dicom_dir=folder / "dicom",
+                annotations=annotations or _existing(folder / "annotations.csv"),
+                labels=labels or _existing(folder / "labels.csv"),
+            )
+        return cls(root=folder, dicom_dir=folder, annotations=annotations, labels=labels)
+
+
+def _existing(path: Path) -> Path | None:
+    return path if path.is_file() else None
+
+
+@dataclass(frozen=True)
 class CurationConfig:
     """Curation knobs, mirrored 1:1 by ``params.yaml`` section ``curate``."""
 
@@ -122,14 +166,16 @@ class CurationConfig:
     min_slices: int = 16
     workers: int = 2
     pseudonym_key: bytes | None = None  # None: cohorts/privacy.py resolve_key, per cohort
-    date_shift_max_days: int = 0
+    date_shift_max_days: int = 0  # cohorts/privacy.py PrivacyConfig (params.yaml privacy)
     nodule_match_tolerance_mm: float = 10.0
 
     @classmethod
-    def from_params(cls, section: Mapping[str, Any]) -> CurationConfig:
-        """From ``params.yaml`` section ``curate``; the key is never a setting (resolved per cohort)."""
-        names = {f.name for f in fields(cls)} - {"pseudonym_key"}
-        return cls(**{k: v for k, v in section.items() if k in names})
+    def from_params(cls, section: Mapping[str, Any], privacy: PrivacyConfig) -> CurationConfig:
+        """From ``params.yaml`` sections ``curate`` and ``privacy``; the key is never a setting
+        (resolved per cohort)."""
+        names = {f.name for f in fields(cls)} - {"pseudonym_key", "date_shift_max_days"}
+        chosen = {k: v for k, v in section.items() if k in names}
+        return cls(**chosen, date_shift_max_days=privacy.date_shift_max_days)
 
 
 @dataclass
@@ -319,11 +365,12 @@ def _require_columns(frame: pd.DataFrame, path: Path, columns: list[str]) -> Non
 
 
 def _read_annotations(
-    raw_dir: Path,
+    path: Path | None,
 ) -> dict[str, tuple[tuple[int, float, float, float, float], ...]]:
-    path = raw_dir / "annotations.csv"
-    if not path.exists():
+    if path is None:
         return {}
+    if not path.is_file():
+        raise FileNotFoundError(f"annotations file not found: {path}")
     frame = pd.read_csv(path, dtype={"seriesuid": str})
     _require_columns(frame, path, ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"])
     out: dict[str, list[tuple[int, float, float, float, float]]] = {}
@@ -402,19 +449,28 @@ def cohort_is_synthetic(raw_dir: Path, scan: ScanResult) -> bool:
 
 
 def curate_cohort(
-    raw_dir: Path, out_dir: Path, config: CurationConfig, progress: bool = True
+    raw: Path | RawCohort, out_dir: Path, config: CurationConfig, progress: bool = True
 ) -> CurationSummary:
-    """Curate ``raw_dir`` (``data/raw/<cohort>``) into ``out_dir`` (``data/curated/<cohort>``).
+    """Curate ``raw`` (a ``RawCohort``, or a folder: ``RawCohort.from_folder``) into ``out_dir``.
 
-    Raises only for unusable arguments (no ``dicom/`` folder: FileNotFoundError; output not
-    writable: PermissionError; annotations.csv or labels.csv without their contract columns:
-    ValueError); every problem with the images becomes a quarantine reason.
+    Raises only for unusable arguments (input folder or a given CSV missing:
+    FileNotFoundError; output not writable, or inside the input: PermissionError / ValueError;
+    a CSV without its contract columns: ValueError); every problem with the images becomes a
+    quarantine reason.
     """
     started = time.perf_counter()
-    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    dicom_dir = raw_dir / "dicom"
-    if not dicom_dir.is_dir():
-        raise FileNotFoundError(f"raw cohort {raw_dir} has no dicom/ directory ({dicom_dir})")
+    raw = raw if isinstance(raw, RawCohort) else RawCohort.from_folder(Path(raw))
+    out_dir = Path(out_dir)
+    if not raw.dicom_dir.is_dir():
+        raise FileNotFoundError(f"DICOM input folder not found: {raw.dicom_dir}")
+    for given in (raw.annotations, raw.labels):
+        if given is not None and not Path(given).is_file():
+            raise FileNotFoundError(f"input file not found: {given}")
+    if out_dir.resolve().is_relative_to(raw.dicom_dir.resolve()):
+        raise ValueError(
+            f"output folder {out_dir} is inside the DICOM input {raw.dicom_dir}; curating "
+            "would read its own outputs: choose an output outside the input"
+        )
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".probe."):
@@ -422,7 +478,7 @@ def curate_cohort(
     except OSError as exc:
         raise PermissionError(f"curated output directory {out_dir} is not writable: {exc}") from exc
     with _exclusive_lock(out_dir / ".lock"):  # a second curation of out_dir waits, then reuses
-        return _curate(raw_dir, out_dir, dicom_dir, config, progress, started)
+        return _curate(raw, out_dir, config, progress, started)
 
 
 @contextmanager
@@ -437,14 +493,14 @@ def _exclusive_lock(path: Path) -> Iterator[None]:
 
 
 def _curate(
-    raw_dir: Path,
+    raw: RawCohort,
     out_dir: Path,
-    dicom_dir: Path,
     config: CurationConfig,
     progress: bool,
     started: float,
 ) -> CurationSummary:
     """The body of ``curate_cohort``, run while holding the output folder's lock."""
+    raw_dir = raw.root
     for stale in [
         p for d in (out_dir, out_dir / "volumes", out_dir / "crops") for p in d.glob(".*.tmp")
     ]:
@@ -452,7 +508,7 @@ def _curate(
     summary = CurationSummary()
 
     # 1-2. headers, grouped by series
-    files = list(iter_files(dicom_dir))
+    files = list(iter_files(raw.dicom_dir))
     scan = group_headers(_pool_map(read_header_or_skip, files, config.workers, "headers", progress))
     if config.pseudonym_key is None:
         synthetic = cohort_is_synthetic(raw_dir, scan)
@@ -461,7 +517,7 @@ def _curate(
     key = config.pseudonym_key
     summary.key_fingerprint = key_fingerprint(key)
     summary.skipped_files = len(scan.skipped_files)
-    annotations = _read_annotations(raw_dir)
+    annotations = _read_annotations(raw.annotations)
     previous, prev_nodules, prev_quarantine = _read_previous(out_dir)
 
     identifiers = {i for headers in scan.series.values() for h in headers for i in h.identifiers}
@@ -596,8 +652,8 @@ def _curate(
     save_parquet_atomic(out_dir / "index.parquet", index, INDEX_SCHEMA)
     save_parquet_atomic(out_dir / "quarantine.parquet", quarantine_frame, QUARANTINE_SCHEMA)
     save_parquet_atomic(out_dir / "nodules.parquet", nodules, NODULE_SCHEMA)
-    save_parquet_atomic(out_dir / "labels.parquet", _labels(raw_dir, config), LABEL_SCHEMA)
-    record = {"key_fingerprint": summary.key_fingerprint, "synthetic": summary.synthetic}
+    save_parquet_atomic(out_dir / "labels.parquet", _labels(raw.labels, config), LABEL_SCHEMA)
+    record = key_record(key, config.date_shift_max_days, summary.synthetic)
     atomic_write_json(out_dir / KEY_RECORD, record)
 
     summary.series_found = len(index)
@@ -681,10 +737,9 @@ def _remove_stale(out_dir: Path, index: pd.DataFrame, nodules: pd.DataFrame) -> 
                     path.unlink(missing_ok=True)
 
 
-def _labels(raw_dir: Path, config: CurationConfig) -> pd.DataFrame:
+def _labels(path: Path | None, config: CurationConfig) -> pd.DataFrame:
     """labels.csv with pseudonymised ids and the patient's date shift applied."""
-    path = raw_dir / "labels.csv"
-    if not path.exists():
+    if path is None:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in LABEL_COLUMNS}).astype(
             {"malignant": "Int8"}
         )

@@ -146,17 +146,27 @@ def _pixel_data_problem(ds: pydicom.Dataset, path: Path, size_bytes: int) -> str
     return ""
 
 
+_DICOM_DATE = re.compile(r"(?:19|20)[0-9]{6}")
+
+
 def _identifiers(ds: pydicom.Dataset) -> tuple[str, ...]:
-    """Raw identifying strings of a file (ids, UIDs, name parts, accession, institution)."""
+    """Raw identifying strings of a file (ids, UIDs, name parts, accession, institution, dates).
+
+    Dates are identifiers too (HIPAA Safe Harbor): an export folder named after the study day
+    would otherwise carry the real date past the date shift. Each DICOM date (YYYYMMDD) is
+    listed in its ISO form as well.
+    """
     values = {
         str(ds.get(keyword, "") or "").strip()
         for keyword in (
             "PatientID", "PatientName", "AccessionNumber", "InstitutionName",
             "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "PatientBirthDate",
+            "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate",
         )
     }  # fmt: skip
     name = str(ds.get("PatientName", "") or "")
     values.update(part for part in name.replace("^", " ").split() if len(part) >= 3)
+    values.update(f"{v[:4]}-{v[4:6]}-{v[6:8]}" for v in list(values) if _DICOM_DATE.fullmatch(v))
     values.discard("")
     return tuple(sorted(values))
 

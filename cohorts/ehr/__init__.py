@@ -2,6 +2,7 @@
 
 from cohorts.ehr.features import (
     AGE_AT_SCAN,
+    BIRTH_REFERENCE_DAY,
     CLINICAL_HISTORY,
     CLINICAL_SIGNATURES,
     DEMOGRAPHICS,
@@ -9,6 +10,7 @@ from cohorts.ehr.features import (
     VIEWS,
     CohortFeatures,
     add_age_at_scan,
+    birth_reference_days,
     build_feature_tables,
     combine_cohorts,
     ehr_feature_names,
@@ -20,6 +22,7 @@ from cohorts.ehr.signatures import ClinicalSignatures, signature_names
 
 __all__ = [
     "AGE_AT_SCAN",
+    "BIRTH_REFERENCE_DAY",
     "CLINICAL_HISTORY",
     "CLINICAL_SIGNATURES",
     "DEMOGRAPHICS",
@@ -31,6 +34,7 @@ __all__ = [
     "OmopQuality",
     "OmopTables",
     "add_age_at_scan",
+    "birth_reference_days",
     "build_feature_tables",
     "combine_cohorts",
     "ehr_feature_names",

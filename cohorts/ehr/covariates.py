@@ -30,7 +30,7 @@ CLINICAL_HISTORY_FEATURES: list[str] = [
     "prior_cancer",
     "n_visits_lookback",
 ]
-DEMOGRAPHIC_FEATURES: list[str] = ["sex_female", "year_of_birth"]
+DEMOGRAPHIC_FEATURES: list[str] = ["sex_female", "birth_reference_day"]  # see ehr/features.py
 
 # ever-flags: feature -> (domains, code prefix)
 _EVER_FLAGS: dict[str, tuple[tuple[str, ...], str]] = {

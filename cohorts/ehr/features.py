@@ -2,9 +2,15 @@
 
 Each table is one row per (patient_id, event_timestamp) with a ``cohort`` column; patient_id
 is ``pseudonymise(person_id, key, "patient")`` so EHR rows join the curated CT ids, and no
-MRN or birth date leaves this module (year of birth only). Timestamps are the snapshot day
-at 00:00 UTC (tz-aware); the snapshot rule is in ``cohorts.ehr.snapshots``. Retrieve a scan's
-features with ``scan_timestamp(study_date)``, so the scan-day events count (inclusive rule).
+MRN or birth date leaves this module. Timestamps are the snapshot day at 00:00 UTC
+(tz-aware); the snapshot rule is in ``cohorts.ehr.snapshots``. Retrieve a scan's features
+with ``scan_timestamp(study_date)``, so the scan-day events count (inclusive rule).
+
+Dates are shifted per patient like the CT's (``cohorts.privacy.date_shift_days``, the same
+key and setting): features are computed on the real dates, then every timestamp of the
+patient moves by the shift, so the values are those of the unshifted run by construction.
+Birth is kept as ``birth_reference_day`` (1 July of the year of birth, shifted alike), so
+age at a scan is the same with and without the shift.
 """
 
 from __future__ import annotations
@@ -13,7 +19,6 @@ import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from cohorts.ehr.covariates import CLINICAL_HISTORY_FEATURES, DEMOGRAPHIC_FEATURES, clinical_history
@@ -21,13 +26,16 @@ from cohorts.ehr.intensities import code_intensities
 from cohorts.ehr.omop import OmopTables, read_omop
 from cohorts.ehr.signatures import ClinicalSignatures, signature_names
 from cohorts.ehr.snapshots import snapshot_index
-from cohorts.privacy import pseudonymise
+from cohorts.privacy import date_shift_days, pseudonymise
 
 DEMOGRAPHICS = "demographics"
 CLINICAL_HISTORY = "clinical_history"
 CLINICAL_SIGNATURES = "clinical_signatures"
 VIEWS: list[str] = [DEMOGRAPHICS, CLINICAL_HISTORY, CLINICAL_SIGNATURES]
 AGE_AT_SCAN = "age_at_scan_years"
+BIRTH_REFERENCE_DAY = "birth_reference_day"  # days since 1970-01-01; see birth_reference_days
+DAYS_PER_YEAR = 365.25
+_EPOCH = pd.Timestamp("1970-01-01")
 KEY_COLUMNS: list[str] = ["patient_id", "event_timestamp", "cohort"]
 
 
@@ -54,18 +62,27 @@ def scan_timestamp(study_date: pd.Series | dt.date | str) -> pd.Series | pd.Time
     return pd.Timestamp(study_date).normalize().tz_localize("UTC")
 
 
-def add_age_at_scan(df: pd.DataFrame, scan_ts_col: str = "event_timestamp") -> pd.DataFrame:
-    """Add age_at_scan_years from year_of_birth and the scan time (birth assumed mid-year).
+def birth_reference_days(year_of_birth: pd.Series, shift_days: pd.Series | int = 0) -> pd.Series:
+    """Day number (days since 1970-01-01) of 1 July of the year of birth, plus the date shift.
 
-    Computed after retrieval because age depends on the scan, not on the EHR snapshot.
+    Mid-year because the year is all of the birth date that is kept (HIPAA Safe Harbor);
+    shifted with the patient's other dates so that ages are unchanged by the shift.
     """
-    scan = pd.to_datetime(df[scan_ts_col], utc=True)
-    days_in_year = np.where(scan.dt.is_leap_year, 366.0, 365.0)
-    decimal_year = scan.dt.year + (scan.dt.dayofyear - 1) / days_in_year
+    mid_year = pd.to_datetime(pd.DataFrame({"year": year_of_birth, "month": 7, "day": 1}))
+    return ((mid_year - _EPOCH).dt.days + shift_days).astype("int64")
+
+
+def add_age_at_scan(df: pd.DataFrame, scan_ts_col: str = "event_timestamp") -> pd.DataFrame:
+    """Add age_at_scan_years = (scan day - birth_reference_day) / 365.25.
+
+    Computed after retrieval because age depends on the scan, not on the EHR snapshot; a
+    difference of two day numbers, so it is the same whether or not both dates are shifted.
+    """
+    scan = pd.to_datetime(df[scan_ts_col], utc=True).dt.tz_convert(None).dt.normalize()
+    scan_day = (scan - _EPOCH).dt.days.astype("float64")
+    birth_day = pd.to_numeric(df[BIRTH_REFERENCE_DAY], errors="coerce").astype("float64")
     out = df.copy()
-    out[AGE_AT_SCAN] = (decimal_year - (df["year_of_birth"].astype("float64") + 0.5)).astype(
-        "float32"
-    )
+    out[AGE_AT_SCAN] = ((scan_day - birth_day) / DAYS_PER_YEAR).astype("float32")
     return out
 
 
@@ -98,29 +115,37 @@ def build_feature_tables(
     signatures: ClinicalSignatures,
     lookback_days: int,
     as_of: dt.date | None = None,
+    date_shift_max_days: int = 0,
 ) -> CohortFeatures:
-    """Read one cohort's OMOP export and build the three feature-view tables."""
-    omop = read_omop(ehr_dir, as_of=as_of)
-    ids = {pid: pseudonymise(pid, key, "patient") for pid in omop.person["person_id"]}
+    """Read one cohort's OMOP export and build the three feature-view tables.
 
+    ``date_shift_max_days``: the curation's setting (cohorts/privacy.py PrivacyConfig); every
+    timestamp of a patient moves by ``date_shift_days(person_id, key, ...)``.
+    """
+    omop = read_omop(ehr_dir, as_of=as_of)
     person = omop.person
+    ids = {pid: pseudonymise(pid, key, "patient") for pid in person["person_id"]}
+    shifts = {pid: date_shift_days(pid, key, date_shift_max_days) for pid in person["person_id"]}
+
+    birth_day = birth_reference_days(person["year_of_birth"], person["person_id"].map(shifts))
     demographics = pd.DataFrame(
         {
             "patient_id": person["person_id"].map(ids),
-            "event_timestamp": pd.to_datetime(
-                {"year": person["year_of_birth"], "month": 1, "day": 1}
-            ).dt.tz_localize("UTC"),
+            "event_timestamp": (_EPOCH + pd.to_timedelta(birth_day, unit="D")).dt.tz_localize(
+                "UTC"
+            ),
             "cohort": cohort,
             "sex_female": person["sex_female"].astype("float32"),
-            "year_of_birth": person["year_of_birth"].astype("int64"),
+            BIRTH_REFERENCE_DAY: birth_day,
         }
     )
 
     snapshots, intensities = _cohort_intensities(omop, lookback_days)
+    shift = pd.to_timedelta(snapshots["person_id"].map(shifts).astype("int64"), unit="D")
     keys = pd.DataFrame(
         {
             "patient_id": snapshots["person_id"].map(ids),
-            "event_timestamp": _utc_midnight(snapshots["date"]),
+            "event_timestamp": _utc_midnight(snapshots["date"] + shift),
             "cohort": cohort,
         },
         index=snapshots.index,

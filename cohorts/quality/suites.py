@@ -372,7 +372,7 @@ def ehr_scan_frame(
 
     scans: patient_id, series_id, scan_timestamp. snapshots: patient_id, event_timestamp and
     feature columns (the feature store's offline rows). demographics: patient_id, sex_female,
-    year_of_birth. The result keeps both timestamps (``feature_timestamp`` is the snapshot's)
+    birth_reference_day. The result keeps both timestamps (``feature_timestamp`` is the snapshot's)
     and the time zone each came with, so the suite can hold them to UTC and to "not after".
     """
     left = scans.assign(

@@ -3,11 +3,12 @@
 import dagster as dg
 
 from cohorts.dicom import CurationConfig, curate_cohort
+from cohorts.privacy import PrivacyConfig
 from cohorts.synthetic import SynthConfig, generate_archive, preset_config
 from orchestration.dvc_versions import dvc_metadata
 from orchestration.metadata import flat_numbers, markdown_table
 from orchestration.params import section
-from orchestration.resources import COHORTS, PipelinePaths
+from orchestration.resources import COHORTS, PipelinePaths, PrivacyResource
 
 _SYNTH = section("synth")
 _CURATE = section("curate")
@@ -64,11 +65,12 @@ class CurationRunConfig(dg.Config):
     crop_spacing_mm: float = _CURATE["crop_spacing_mm"]
     min_slices: int = _CURATE["min_slices"]
     workers: int = _CURATE["workers"]
-    date_shift_max_days: int = _CURATE["date_shift_max_days"]
     nodule_match_tolerance_mm: float = _CURATE["nodule_match_tolerance_mm"]
 
-    def domain(self) -> CurationConfig:
-        return CurationConfig.from_params(self.model_dump())
+    def domain(self, privacy: PrivacyConfig) -> CurationConfig:
+        """The domain config; the date shift is the run's `privacy` resource, shared with the
+        EHR features (not a field here: CT and EHR must shift alike)."""
+        return CurationConfig.from_params(self.model_dump(), privacy)
 
 
 @dg.asset(
@@ -80,11 +82,15 @@ class CurationRunConfig(dg.Config):
     "nodule-centred crops and pseudonymised labels (no PHI).",
 )
 def curated_scans(
-    context: dg.AssetExecutionContext, config: CurationRunConfig, paths: PipelinePaths
+    context: dg.AssetExecutionContext,
+    config: CurationRunConfig,
+    paths: PipelinePaths,
+    privacy: PrivacyResource,
 ) -> dg.MaterializeResult:
     rows, numbers, fingerprints = [], {}, {}
+    curation = config.domain(privacy.domain())
     for cohort in COHORTS:
-        summary = curate_cohort(paths.raw(cohort), paths.curated(cohort), config.domain())
+        summary = curate_cohort(paths.raw(cohort), paths.curated(cohort), curation)
         stats = summary.to_dict()
         numbers[cohort] = stats
         fingerprints[f"key_fingerprint/{cohort}"] = summary.key_fingerprint
@@ -103,6 +109,7 @@ def curated_scans(
             "cohorts": markdown_table(rows),
             **dvc_metadata(paths.data / "curated"),
             **fingerprints,
+            "date_shift_max_days": curation.date_shift_max_days,
             **flat_numbers(numbers),
         },
     )

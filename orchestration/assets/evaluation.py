@@ -10,6 +10,7 @@ import dagster as dg
 import pandas as pd
 
 from cohorts.files import atomic_output, atomic_write_json, atomic_write_text
+from cohorts.privacy import read_key_record
 from models.baselines import ReaderError
 from models.data import load_examples
 from models.encoders import load_encoder
@@ -134,7 +135,13 @@ def diagnostic_models(
     version = hashlib.sha256(source.encode()).hexdigest()[:12]
     result = run_protocol(internal, external, load_encoder(encoder_path), protocol)
     out = paths.artifacts / "models" / version
-    card = {"version": version, "encoder_version": encoder_version, "config": config.model_dump()}
+    card = {
+        "version": version,
+        "encoder_version": encoder_version,
+        "config": config.model_dump(),
+        # key fingerprint and date shift of each cohort's ids (cohorts/privacy.py), never a key
+        "privacy": read_key_record(paths.data / "examples"),
+    }
     for name, ensemble in result.ensembles.items():
         for member_name, member in zip(result.member_names[name], ensemble.members, strict=True):
             save_model(member, out / name / f"{member_name}.safetensors", {**card, "model": name})

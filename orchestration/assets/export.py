@@ -79,6 +79,10 @@ def onnx_model(
             "ehr_feature_names": json.dumps([str(n) for n in held_out.ehr_feature_names]),
             "hu_window": json.dumps(list(model.members[0].encoder.config.hu_window)),
             "output": "probability of malignancy per patient",
+            "key_fingerprints": json.dumps(
+                {c: r.get("key_fingerprint") for c, r in card.get("privacy", {}).items()},
+                sort_keys=True,
+            ),
         }
         export_onnx(model, example, onnx_path, metadata, opset=config.opset)
         parity = verify_parity(model, onnx_path, inputs, tolerance=config.parity_tolerance)

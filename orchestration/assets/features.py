@@ -1,8 +1,6 @@
 """EHR features in the Feast store, and the point-in-time training examples built from them."""
 
 import datetime as dt
-import json
-from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -21,7 +19,8 @@ from cohorts.privacy import (
     KEY_RECORD,
     check_same_key,
     is_marked_synthetic,
-    key_fingerprint,
+    key_record,
+    read_key_record,
     resolve_key,
 )
 from feature_repo import store as feast_store
@@ -29,7 +28,7 @@ from orchestration.assets.data import curated_scans, raw_archive
 from orchestration.dvc_versions import dvc_metadata
 from orchestration.metadata import flat_numbers, markdown_table
 from orchestration.params import section
-from orchestration.resources import COHORTS, FeatureStoreResource, PipelinePaths
+from orchestration.resources import COHORTS, FeatureStoreResource, PipelinePaths, PrivacyResource
 
 _FEATURES = section("features")
 _EXAMPLES = section("examples")
@@ -57,24 +56,32 @@ def ehr_features(
     config: FeaturesConfig,
     paths: PipelinePaths,
     feature_store: FeatureStoreResource,
+    privacy: PrivacyResource,
 ) -> dg.MaterializeResult:
     signatures = fit_signatures(
         paths.raw("archive") / "ehr", config.n_signatures, config.lookback_days
     )
     signatures_path = paths.artifacts / "signatures" / "signatures.npz"
     signatures.save(signatures_path)
-    # the same key as curation gives the cohort's CT ids, so CT and EHR rows still link
-    keys = {cohort: resolve_key(is_marked_synthetic(paths.raw(cohort))) for cohort in COHORTS}
+    # the same key and date shift as curation gives the cohort's CT, so CT and EHR still link
+    synthetic = {cohort: is_marked_synthetic(paths.raw(cohort)) for cohort in COHORTS}
+    keys = {cohort: resolve_key(synthetic[cohort]) for cohort in COHORTS}
+    shift = privacy.domain().date_shift_max_days
     parts = {
         cohort: build_feature_tables(
-            paths.raw(cohort) / "ehr", cohort, keys[cohort], signatures, config.lookback_days
+            paths.raw(cohort) / "ehr",
+            cohort,
+            keys[cohort],
+            signatures,
+            config.lookback_days,
+            date_shift_max_days=shift,
         )
         for cohort in COHORTS
     }
     tables = combine_cohorts(list(parts.values()))
     feast_store.write_sources(tables, paths.data)
-    fingerprints = {cohort: key_fingerprint(k) for cohort, k in keys.items()}
-    atomic_write_json(paths.data / "feast" / KEY_RECORD, fingerprints)
+    records = {c: key_record(k, shift, synthetic[c]) for c, k in keys.items()}
+    atomic_write_json(paths.data / "feast" / KEY_RECORD, records)
     store = feature_store.open()
     feast_store.apply_definitions(store, paths.data, config.ttl_days, config.n_signatures)
     feast_store.materialize(store, dt.datetime.now(dt.UTC))
@@ -88,15 +95,11 @@ def ehr_features(
         metadata={
             "views": markdown_table(rows),
             "signatures_path": dg.MetadataValue.path(str(signatures_path)),
-            **{f"key_fingerprint/{c}": fp for c, fp in fingerprints.items()},
+            **{f"key_fingerprint/{c}": r["key_fingerprint"] for c, r in records.items()},
+            "date_shift_max_days": shift,
             **flat_numbers(quality, prefix="quality/"),
         }
     )
-
-
-def _read_json(path: Path) -> dict:
-    """A small JSON record, or {} when an older run did not write it."""
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 class ExamplesConfig(dg.Config):
@@ -122,14 +125,13 @@ def training_examples(
     store = feature_store.open()
     names = ehr_feature_names(config.n_signatures)
     rows = []
-    ehr_keys = _read_json(paths.data / "feast" / KEY_RECORD)
+    ehr_keys = read_key_record(paths.data / "feast")
+    records = {}  # how each cohort's ids and dates were made, for every card downstream
     for cohort in COHORTS:
         curated = paths.curated(cohort)
-        check_same_key(
-            cohort,
-            _read_json(curated / KEY_RECORD).get("key_fingerprint"),
-            ehr_keys.get(cohort),
-        )
+        ehr_record = ehr_keys.get(cohort)
+        records[cohort] = read_key_record(curated)
+        check_same_key(cohort, records[cohort], ehr_record if isinstance(ehr_record, dict) else {})
         nodules = pd.read_parquet(curated / "nodules.parquet")
         labels_path = curated / "labels.parquet"
         labels = pd.read_parquet(labels_path) if labels_path.exists() else None
@@ -150,11 +152,13 @@ def training_examples(
                 "prevalence": float(labeled.mean()) if len(labeled) else float("nan"),
             }
         )
+    atomic_write_json(paths.data / "examples" / KEY_RECORD, records)
     context.log.info(f"training examples: {rows}")
     return dg.MaterializeResult(
         metadata={
             "cohorts": markdown_table(rows),
             "ehr_features": dg.MetadataValue.json(names),
+            **{f"key_fingerprint/{c}": r.get("key_fingerprint", "") for c, r in records.items()},
             **dvc_metadata(paths.data / "examples"),
             **flat_numbers({r["cohort"]: r for r in rows}),
         }

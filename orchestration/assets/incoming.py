@@ -16,12 +16,13 @@ from cohorts.dicom import curate_cohort
 from cohorts.ehr.features import add_age_at_scan, scan_timestamp
 from cohorts.examples import scan_entities
 from cohorts.files import atomic_output
+from cohorts.privacy import check_shares_a_key, read_key_record
 from feature_repo import store as feast_store
 from orchestration.assets.data import CurationRunConfig
 from orchestration.assets.features import ehr_features
 from orchestration.metadata import flat_numbers
 from orchestration.params import resolve_path, section
-from orchestration.resources import FeatureStoreResource, PipelinePaths
+from orchestration.resources import FeatureStoreResource, PipelinePaths, PrivacyResource
 
 INCOMING_PARTITIONS = dg.DynamicPartitionsDefinition(name="incoming_batches")
 COMPLETE_MARKER = "annotations.csv"
@@ -69,10 +70,12 @@ def incoming_batch(
     config: CurationRunConfig,
     paths: PipelinePaths,
     incoming: IncomingArchive,
+    privacy: PrivacyResource,
 ) -> dg.MaterializeResult:
     batch = context.partition_key
     out_dir = paths.curated("incoming") / batch
-    summary = curate_cohort(incoming.batch(batch), out_dir, config.domain(), progress=False)
+    curation = config.domain(privacy.domain())
+    summary = curate_cohort(incoming.batch(batch), out_dir, curation, progress=False)
     stats = summary.to_dict()
     context.log.info(f"curated incoming batch {batch}: {stats}")
     return dg.MaterializeResult(
@@ -98,6 +101,12 @@ def incoming_batch_features(
     context: dg.AssetExecutionContext, paths: PipelinePaths, feature_store: FeatureStoreResource
 ) -> dg.MaterializeResult:
     folder = paths.curated("incoming") / context.partition_key
+    ehr_records = read_key_record(paths.data / "feast")
+    check_shares_a_key(
+        f"incoming batch {context.partition_key}",
+        read_key_record(folder),
+        {c: r for c, r in ehr_records.items() if isinstance(r, dict)},
+    )
     entities = scan_entities(pd.read_parquet(folder / "nodules.parquet"))
     entities["event_timestamp"] = scan_timestamp(entities["study_date"])
     if len(entities):

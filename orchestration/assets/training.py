@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from cohorts.privacy import read_key_record
 from models.data import load_examples
 from models.finetune import stratified_patient_split
 from models.jepa.pretrain import PretrainConfig, artifact_version, pretrain
@@ -89,6 +90,7 @@ def jepa_encoder(
     result = pretrain(archive, run_dir, domain, progress=True, probe_sets=probe_sets)
     paths.point_latest("encoders", result.version, run_dir)
     card = json.loads(result.card_path.read_text())
+    archive_record = read_key_record(paths.data / "examples").get("archive", {})
     metadata = {
         "version": dg.MetadataValue.text(result.version),
         "encoder_path": dg.MetadataValue.path(str(result.encoder_path)),
@@ -100,6 +102,7 @@ def jepa_encoder(
         **flat_numbers(result.monitor, prefix="monitor/"),
         **flat_numbers(result.probe or {}, prefix="probe/"),
         **flat_numbers(card.get("ema", {}), prefix="ema/"),
+        "key_fingerprint/archive": archive_record.get("key_fingerprint", ""),
     }
     plot = run_dir / "pretrain.png"
     if plot.exists():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -31,12 +32,25 @@ STEP_SELECTIONS: dict[str, list[str]] = {
 
 
 def _instance():
-    """The persistent Dagster instance (DAGSTER_HOME, default .dagster_home in the repo)."""
+    """The persistent Dagster instance (DAGSTER_HOME, default .dagster_home in the repo).
+
+    Configured like `make ui`'s (orchestration/dagster.yaml copied in when the home has none),
+    so CLI and UI runs share the concurrency pools; runs a kill left STARTED are recovered.
+    """
     import dagster as dg
+
+    from orchestration.runs import recover_dead_runs
 
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / ".dagster_home")))
     home.mkdir(parents=True, exist_ok=True)
-    return dg.DagsterInstance.get()
+    config = home / "dagster.yaml"
+    if not config.exists():
+        shutil.copyfile(REPO_ROOT / "orchestration" / "dagster.yaml", config)
+    instance = dg.DagsterInstance.get()
+    for run_id in recover_dead_runs(instance):
+        print(f"lungjepa: run {run_id} was killed; marked failed, its pool slots freed",
+              file=sys.stderr)  # fmt: skip
+    return instance
 
 
 def materialize(selection: list[str] | None, run_config: dict[str, Any] | None = None):
@@ -44,11 +58,12 @@ def materialize(selection: list[str] | None, run_config: dict[str, Any] | None =
     import dagster as dg
 
     from orchestration.definitions import defs
+    from orchestration.runs import run_tags
 
     job = defs.resolve_job_def("full_pipeline")
     keys = [dg.AssetKey(name) for name in selection] if selection else None
     return job.execute_in_process(
-        instance=_instance(), asset_selection=keys, run_config=run_config or {}
+        instance=_instance(), asset_selection=keys, run_config=run_config or {}, tags=run_tags()
     )
 
 

@@ -31,9 +31,11 @@ from cohorts.quality.suites import (
     QualityThresholds,
     SuiteResult,
     crop_statistics,
+    ehr_array_frame,
     ehr_scan_frame,
     label_frame,
     validate_crops,
+    validate_ehr_array,
     validate_ehr_features,
     validate_labels,
     validate_scan_index,
@@ -147,6 +149,8 @@ def examples_results(paths: PipelinePaths, cohort: str, t: QualityThresholds) ->
     frame = ehr_scan_frame(scans, snapshots, demographics)
     names = [str(n) for n in arrays["ehr_feature_names"]]
     results.append(validate_ehr_features(frame, names, t, f"{cohort}/ehr_features"))
+    slots = ehr_array_frame(arrays, nodules, frame, int(params()["features"]["ttl_days"]))
+    results.append(validate_ehr_array(slots, t, f"{cohort}/ehr_array"))
     if cohort in LABELED_COHORTS:
         labels = label_frame(arrays["patient_id"], arrays["label"])
         results.append(validate_labels(labels, t, f"{cohort}/labels"))
@@ -156,7 +160,8 @@ def examples_results(paths: PipelinePaths, cohort: str, t: QualityThresholds) ->
 @dg.asset_check(asset=training_examples, blocking=True)
 def training_examples_quality(paths: PipelinePaths) -> dg.AssetCheckResult:
     """Every cohort's crops (shape, finite, HU range), EHR as of each scan (UTC, not after the
-    scan, plausible values) and labels (binary, prevalence within bounds)."""
+    scan, plausible values), the examples' EHR vectors equal to it scan by scan, and labels
+    (binary, prevalence within bounds)."""
     t = _thresholds()
     return check_result([r for cohort in COHORTS for r in examples_results(paths, cohort, t)])
 
@@ -260,6 +265,7 @@ def drift_groups(paths: PipelinePaths) -> tuple[dict[str, tuple[pd.DataFrame, pd
 
 
 @dg.asset(
+    pool="cohort_drift",
     group_name="diagnosis",
     deps=[diagnostic_models],
     kinds={"python", "markdown"},

@@ -155,6 +155,23 @@ def test_sensor_run_request_curates_the_batch_and_looks_up_its_features(tmp_path
         assert looked_up.asset_materialization.metadata["ehr_coverage"].value == 1.0
 
 
+def test_every_asset_is_in_a_pool_so_two_materialisations_of_it_serialise() -> None:
+    """With dagster.yaml's default pool limit 1, an asset's pool lets one materialisation of
+    it run at a time; the GPU assets share pool "gpu", every other asset has its own."""
+    graph = defs.resolve_asset_graph()
+    pools = {
+        k.to_user_string(): graph.get(k).assets_def.op.pool for k in graph.get_all_asset_keys()
+    }
+    assert {name for name, pool in pools.items() if pool == "gpu"} == {
+        "jepa_encoder",
+        "diagnostic_models",
+    }
+    assert all(pool == name for name, pool in pools.items() if pool != "gpu")
+    instance = yaml.safe_load((REPO_ROOT / "orchestration" / "dagster.yaml").read_text())
+    assert instance["concurrency"]["pools"]["default_limit"] == 1
+    assert instance["run_monitoring"]["enabled"] is True
+
+
 def test_weekly_schedule_requests_retraining() -> None:
     sunday = dt.datetime(2026, 11, 29, 2, 0, tzinfo=dt.UTC)
     schedule = defs.get_schedule_def("weekly_retraining")

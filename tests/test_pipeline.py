@@ -104,6 +104,32 @@ def test_outputs_follow_the_contracts(pipeline) -> None:
     assert (root / "RESULTS.md").read_text().startswith("#")
 
 
+def test_reported_aucs_are_those_of_the_saved_predictions_of_exactly_the_test_patients(
+    pipeline,
+) -> None:
+    """evaluation.json (behind RESULTS.md) recomputed from predictions.parquet: each cohort's
+    rows are exactly its labeled patients (internal: every one, out of fold), and each AUC,
+    n and n_pos is what those rows give."""
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    root, _, _ = pipeline
+    evaluation = json.loads((root / "metrics" / "evaluation.json").read_text())
+    latest = json.loads((root / "artifacts" / "models" / "latest.json").read_text())
+    frame = pd.read_parquet(root / "artifacts" / latest["path"] / "predictions.parquet")
+    for cohort in ("internal", "external"):
+        examples = np.load(root / "data" / "examples" / f"{cohort}.npz", allow_pickle=False)
+        labeled = examples["label"] >= 0
+        rows = frame[frame["cohort"] == cohort]
+        assert sorted(rows["patient_id"]) == sorted(examples["patient_id"][labeled].tolist())
+        truth = dict(zip(examples["patient_id"], examples["label"], strict=True))
+        assert rows["label"].tolist() == [int(truth[p]) for p in rows["patient_id"]]
+        for model, entry in evaluation[cohort].items():
+            assert entry["n"] == len(rows) and entry["n_pos"] == int(rows["label"].sum())
+            recomputed = roc_auc_score(rows["label"], rows[model])
+            assert entry["auc"] == pytest.approx(recomputed, abs=1e-12), (cohort, model)
+
+
 def test_exported_model_runs_without_torch(pipeline) -> None:
     """The deployed artifact answers through onnxruntime alone, in a process without torch."""
     root, _, _ = pipeline

@@ -120,3 +120,58 @@ def test_rollback_goes_to_the_version_in_production_before_the_current_one() -> 
     assert rollback_target(log, "v1") == "v3"
     assert rollback_target(log[:3], "v3") == "v1"
     assert rollback_target(log[:1], "v1") is None
+
+
+def test_production_model_never_points_at_a_model_that_failed_parity_or_was_altered(
+    tiny_pipeline: tuple, tmp_path: Path
+) -> None:
+    """With no model in production yet: a challenger whose ONNX parity failed is refused (no
+    production.json written, the refusal logged); one whose ONNX file no longer matches its
+    card's sha256 fails the gate's run, and production.json is still not written."""
+    from orchestration.definitions import defs
+
+    source, _, result = tiny_pipeline
+    assert result.success
+    root = tmp_path / "copy"
+    for part in ("data", "artifacts"):
+        shutil.copytree(source / part, root / part, symlinks=True)
+    models = root / "artifacts" / "models"
+    (models / "production.json").unlink()
+    (models / "promotions.jsonl").unlink()
+    exported = json.loads((models / "latest.json").read_text())
+    onnx_dir = root / "artifacts" / exported["path"] / "onnx" / "jepa"
+    card_path = onnx_dir / "card.json"
+    card = json.loads(card_path.read_text())
+    config = pipeline_run_config(root)
+    config.pop("ops")
+    job = defs.resolve_job_def("full_pipeline")
+
+    def gate() -> dg.ExecuteInProcessResult:
+        with dg.instance_for_test() as instance:
+            return job.execute_in_process(
+                instance=instance,
+                asset_selection=[dg.AssetKey("production_model")],
+                run_config=config,
+                raise_on_error=False,
+            )
+
+    card["extra"]["parity"]["passed"] = False
+    card_path.write_text(json.dumps(card))
+    assert gate().success
+    assert not (models / "production.json").exists()
+    (refusal,) = read_log(models / "promotions.jsonl")
+    assert not refusal["promoted"] and refusal["checks"]["parity/jepa"] is False
+    assert "parity/jepa" in refusal["reason"]
+
+    card["extra"]["parity"]["passed"] = True
+    card_path.write_text(json.dumps(card))
+    onnx_path = onnx_dir / "model.onnx"
+    data = bytearray(onnx_path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    onnx_path.write_bytes(bytes(data))
+    run = gate()
+    assert not run.success
+    failure = next(e for e in run.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "sha256" in str(failure.event_specific_data.error)
+    assert not (models / "production.json").exists()
+    assert len(read_log(models / "promotions.jsonl")) == 1  # nothing decided on an altered file

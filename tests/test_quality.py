@@ -290,6 +290,54 @@ def test_failed_blocking_check_stops_the_downstream_asset(tmp_path: Path, corrup
             assert downstream is not None
 
 
+def test_examples_ehr_must_be_each_scans_own_point_in_time_ehr(
+    tiny_pipeline: tuple, tmp_path: Path
+) -> None:
+    """The blocking examples check compares the ``ehr`` array with the EHR as of each scan,
+    recomputed from the Feast sources: the pipeline's examples pass; giving a patient's
+    earlier scan the EHR of its latest scan (a leak from the future) fails, naming the scan."""
+    import shutil
+
+    from orchestration.params import params
+    from orchestration.quality import examples_results
+    from orchestration.resources import PipelinePaths
+
+    source, _, result = tiny_pipeline
+    assert result.success
+    shutil.copytree(source / "data", tmp_path / "data", symlinks=True)
+    paths = PipelinePaths(
+        data_dir=str(tmp_path / "data"),
+        artifacts_dir=str(tmp_path / "artifacts"),
+        metrics_dir=str(tmp_path / "metrics"),
+    )
+    thresholds = QualityThresholds.from_params(params())
+
+    def ehr_array_result():
+        (found,) = [
+            r
+            for r in examples_results(paths, "internal", thresholds)
+            if r.table.endswith("ehr_array")
+        ]
+        return found
+
+    clean = ehr_array_result()
+    assert clean.success and clean.n_rows == int(
+        np.load(paths.examples("internal"))["scan_mask"].sum()
+    )
+    with np.load(paths.examples("internal"), allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    both = arrays["scan_mask"][:, -2] & arrays["ehr_mask"][:, -2] & arrays["ehr_mask"][:, -1]
+    changed = both & np.any(arrays["ehr"][:, -2] != arrays["ehr"][:, -1], axis=1)
+    row = int(np.flatnonzero(changed)[0])
+    arrays["ehr"][row, -2] = arrays["ehr"][row, -1]  # the earlier scan sees the later EHR
+    np.savez(paths.examples("internal"), **arrays)
+    leaked = ehr_array_result()
+    assert not leaked.success
+    (failure,) = [f for f in leaked.failed if f.column == "ehr_matches"]
+    assert failure.unexpected_count == 1
+    assert failure.examples[0]["patient_id"] == str(arrays["patient_id"][row])
+
+
 # --- drift statistics -------------------------------------------------------------------------
 
 

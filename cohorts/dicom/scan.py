@@ -35,6 +35,7 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from cohorts.dicom.deid import annex_e_values
 from cohorts.privacy import SYNTHETIC_DICOM_MARK
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
@@ -146,28 +147,23 @@ def _pixel_data_problem(ds: pydicom.Dataset, path: Path, size_bytes: int) -> str
     return ""
 
 
-_DICOM_DATE = re.compile(r"(?:19|20)[0-9]{6}")
+_DICOM_DATE = re.compile(r"[0-9]{8}")
 
 
 def _identifiers(ds: pydicom.Dataset) -> tuple[str, ...]:
-    """Raw identifying strings of a file (ids, UIDs, name parts, accession, institution, dates).
+    """Raw identifying strings of a file: every DICOM PS3.15 Annex E attribute's value
+    (``cohorts.dicom.deid``), name parts, and each date also in its ISO form.
 
     Dates are identifiers too (HIPAA Safe Harbor): an export folder named after the study day
-    would otherwise carry the real date past the date shift. Each DICOM date (YYYYMMDD) is
-    listed in its ISO form as well.
+    would otherwise carry the real date past the date shift.
     """
-    values = {
-        str(ds.get(keyword, "") or "").strip()
-        for keyword in (
-            "PatientID", "PatientName", "AccessionNumber", "InstitutionName",
-            "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "PatientBirthDate",
-            "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate",
-        )
-    }  # fmt: skip
-    name = str(ds.get("PatientName", "") or "")
-    values.update(part for part in name.replace("^", " ").split() if len(part) >= 3)
-    values.update(f"{v[:4]}-{v[4:6]}-{v[6:8]}" for v in list(values) if _DICOM_DATE.fullmatch(v))
-    values.discard("")
+    values: set[str] = set()
+    for _keyword, vr, value in annex_e_values(ds):
+        values.add(value)
+        if vr == "PN":
+            values.update(p for p in value.replace("^", " ").split() if len(p) >= 3)
+        elif vr in ("DA", "DT") and _DICOM_DATE.match(value):
+            values.add(f"{value[:4]}-{value[4:6]}-{value[6:8]}")
     return tuple(sorted(values))
 
 

@@ -450,6 +450,64 @@ def validate_ehr_features(
     )
 
 
+def ehr_array_frame(
+    arrays: dict[str, np.ndarray],
+    nodules: pd.DataFrame,
+    frame: pd.DataFrame,
+    ttl_days: int,
+) -> pd.DataFrame:
+    """One row per scan slot of the training examples: is its ``ehr`` vector (and ehr_mask)
+    the point-in-time EHR of that very scan?
+
+    ``frame`` is ``ehr_scan_frame`` (computed here from the Feast sources, independently of
+    the feature store's join); slots follow the index-nodule rule of the examples
+    (``cohorts.examples.index_nodule_track``). A snapshot older than ``ttl_days`` at the scan
+    has expired (the clinical views' TTL): its history and signature values count as absent.
+    A scan given another day's EHR, a later one above all, fails ``ehr_matches``.
+    """
+    from cohorts.examples import index_nodule_track
+
+    names = [str(n) for n in arrays["ehr_feature_names"]]
+    lasting = {"sex_female", AGE_AT_SCAN}  # demographics: no TTL
+    expiring = [n for n in names if n not in lasting]
+    by_series = frame.drop_duplicates("series_id").set_index("series_id")
+    if len(by_series):
+        age = by_series["scan_timestamp"] - by_series["feature_timestamp"]
+        by_series.loc[age > pd.Timedelta(days=ttl_days), expiring] = np.nan
+    row_of = {str(p): i for i, p in enumerate(arrays["patient_id"])}
+    t = arrays["scan_mask"].shape[1]
+    rows = []
+    for patient, scans in index_nodule_track(nodules).groupby("patient_id", sort=True):
+        row = row_of.get(str(patient))
+        scans = scans.tail(t)
+        for slot, series in enumerate(scans["series_id"], start=t - len(scans)):
+            expected = (
+                by_series.loc[series, names].to_numpy(dtype=np.float64)
+                if series in by_series.index
+                else np.full(len(names), np.nan)
+            )
+            present = bool(np.isfinite(expected).any())
+            matches = row is not None and bool(arrays["ehr_mask"][row, slot]) == present
+            if matches and present:
+                got = arrays["ehr"][row, slot].astype(np.float64)
+                matches = bool(np.allclose(got, np.nan_to_num(expected), rtol=1e-5, atol=1e-5))
+            rows.append(
+                {"patient_id": patient, "series_id": series, "slot": slot, "ehr_matches": matches}
+            )
+    return pd.DataFrame(rows, columns=["patient_id", "series_id", "slot", "ehr_matches"])
+
+
+def validate_ehr_array(frame: pd.DataFrame, t: QualityThresholds, table: str) -> SuiteResult:
+    """Every scan slot's EHR vector is that scan's point-in-time EHR (``ehr_array_frame``)."""
+    import great_expectations.expectations as gxe
+
+    expectations = [
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+        gxe.ExpectColumnValuesToBeInSet(column="ehr_matches", value_set=[True]),
+    ]
+    return run_suite(table, frame, expectations, ["patient_id", "series_id"], t.max_examples)
+
+
 # --- labels ---------------------------------------------------------------------------------
 
 

@@ -38,6 +38,7 @@ class RawArchiveConfig(dg.Config):
 
 
 @dg.asset(
+    pool="raw_archive",
     group_name="data",
     kinds={"python", "dicom"},
     code_version="1",
@@ -74,6 +75,7 @@ class CurationRunConfig(dg.Config):
 
 
 @dg.asset(
+    pool="curated_scans",
     group_name="data",
     deps=[raw_archive],
     kinds={"python", "dicom", "parquet"},

@@ -177,6 +177,7 @@ class EvaluationConfig(dg.Config):
 
 
 @dg.asset(
+    pool="evaluation",
     group_name="diagnosis",
     # cohort_drift (orchestration/quality.py) is upstream so RESULTS.md can set its signals
     # beside the measured external AUC change; named by key to keep the import one-way.

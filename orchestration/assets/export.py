@@ -42,6 +42,7 @@ def _ensemble(folder, name: str) -> Ensemble:
 
 
 @dg.asset(
+    pool="onnx_model",
     group_name="deployment",
     deps=[evaluation],
     kinds={"onnx"},
@@ -166,6 +167,7 @@ def _scores(paths: PipelinePaths, relative: str, inputs: tuple[np.ndarray, ...])
 
 
 @dg.asset(
+    pool="production_model",
     group_name="deployment",
     deps=[onnx_model],
     kinds={"onnx"},

@@ -43,6 +43,7 @@ class FeaturesConfig(dg.Config):
 
 
 @dg.asset(
+    pool="ehr_features",
     group_name="features",
     deps=[raw_archive],
     kinds={"python", "feast", "sqlite"},
@@ -108,6 +109,7 @@ class ExamplesConfig(dg.Config):
 
 
 @dg.asset(
+    pool="training_examples",
     group_name="features",
     deps=[curated_scans, ehr_features],
     kinds={"python", "numpy"},

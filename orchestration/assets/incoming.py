@@ -57,6 +57,7 @@ class IncomingArchive(dg.ConfigurableResource):
 
 
 @dg.asset(
+    pool="incoming_batch",
     group_name="incoming",
     partitions_def=INCOMING_PARTITIONS,
     kinds={"python", "dicom", "parquet"},
@@ -88,6 +89,7 @@ def incoming_batch(
 
 
 @dg.asset(
+    pool="incoming_batch_features",
     group_name="incoming",
     partitions_def=INCOMING_PARTITIONS,
     deps=[incoming_batch, ehr_features],

@@ -30,9 +30,9 @@ same tests (`make test`); the full run adds the tests marked `reliability_full`.
 | area | test | how |
 |---|---|---|
 | fuzzed DICOM | `test_fuzz_dicom.py` | a seeded fuzzer damages one series of a clean archive (two good series beside it): byte flips anywhere / in the header / in the pixels, truncation, dropped tags, hostile values (NaN, inf, text, zero, wrong sizes and bit depths), broken element lengths and magic, duplicated files, and stacks of two. Every case is curated: nothing may raise; every file is accounted for (in a series row, a file quarantine row, or skipped); each series is accepted (int16 volume of the stated shape, finite grid, positive spacing) or quarantined with a reason; the neighbours are bit-identical to a clean run; pixel flips change only the flipped voxels; dropping a tag that cannot matter leaves the volume bit-identical; a nonsense rescale is never accepted. A directed sweep sets every hostile value in one file and in all files. |
-| faults | `test_faults.py` | real child processes: `kill -9` during curation (once in CI, repeatedly in the full run), then a rerun must equal an uninterrupted run file for file (arrays bit-identical, tables equal, no temp file left) and every output visible after the kill must load; two curations of one cohort at once (an `fcntl` lock on `<out>/.lock` serialises them: the second reuses the first's work); a full disk (`RLIMIT_FSIZE`) and an unwritable output give a one-line error and exit 2 from `lungjepa curate`; `kill -9` during finetuning leaves no model file and a rerun gives the same weights. JEPA pretraining's kill and resume is `tests/test_jepa_distributed.py::test_kill_and_resume_matches_an_uninterrupted_run`. |
+| faults | `test_faults.py` | real child processes: `kill -9` during curation (once in CI, repeatedly in the full run), then a rerun must equal an uninterrupted run file for file (arrays bit-identical, tables equal, no temp file left) and every output visible after the kill must load; two curations of one cohort at once (an `fcntl` lock on `<out>/.lock` serialises them: the second reuses the first's work); a full disk (`RLIMIT_FSIZE`) and an unwritable output give a one-line error and exit 2 from `lungjepa curate`; `kill -9` during finetuning leaves no model file and a rerun gives the same weights. JEPA pretraining's kill and resume is `tests/test_jepa_distributed.py::test_kill_and_resume_matches_an_uninterrupted_run`. `test_pipeline_faults.py` (full run): the pipeline through the real CLI path, killed with `kill -9` in the middle of and at the end of ehr_features, training_examples, jepa_encoder, diagnostic_models, onnx_model and production_model (12 points, chained: each run is killed at the next point); after each kill every parquet, npz, npy, json, safetensors and ONNX file must load and production.json must point at a model whose sha256 matches its card; the killed runs must be found and marked failed (their pool slots freed, `orchestration/runs.py`); a last run must give exactly the examples, encoder, models, ONNX outputs and production model of an uninterrupted run. Two runs of ehr_features started together must not overlap (each asset is its own Dagster concurrency pool with one slot) and must leave a valid Feast store. |
 | safe loading | `test_safe_loading.py` | a static scan (Python AST) of cohorts/, models/, orchestration/ and feature_repo/ for anything that can unpickle (`torch.load` without `weights_only=True`, pickle/dill/joblib, `np.load(allow_pickle=True)`, `read_pickle`, unsafe `yaml.load`); the scanner is itself tested on planted code. A checkpoint holding a pickled object that would run code is refused (and the code does not run); the model loader reads safetensors only; an ONNX file whose sha256 differs from its card (or a card without one) is refused; series UIDs, annotation and label ids such as `../../etc` write nothing outside the curated folder (files are named by keyed hashes). |
-| privacy | `test_privacy_scan.py` | PHI is read back from the raw archive (DICOM PatientName and its parts, birth date, PatientID, accession number, institution, study/series/SOP UIDs; OMOP person ids and birth dates) and searched for in every output file (parquet and npz decoded), the CLI's output, and for a whole tiny pipeline run in data/curated, data/feast, data/examples, artifacts, metrics, the results page, every file of the Dagster instance, every event (log lines, metadata values) and the run config; the pseudonymisation key (set to a distinctive value) must not appear either. |
+| privacy | `test_privacy_scan.py` | PHI is read back from the raw archive: the value of every DICOM PS3.15 Annex E basic-profile attribute present in any header (`cohorts/dicom/deid.py`, 239 attributes, sequences included: names and their parts, ids, UIDs, dates, times, descriptions, institution, ...) and the OMOP person ids and birth dates; it is searched for in every output file (parquet and npz decoded), the CLI's output, and for a whole tiny pipeline run in data/curated, data/feast, data/examples, artifacts, metrics, the results page, every file of the Dagster instance, every event (log lines, metadata values) and the run config; the pseudonymisation key (set to a distinctive value) must not appear either. Values under 4 characters are counted, not searched; numeric values are searched as whole tokens outside binary files; real ISO dates are searched in events, logs and run config, and every curated study date must be its real date moved back by the patient's keyed shift. |
 
 ## Bugs this suite found (fixed)
 
@@ -160,6 +160,22 @@ def _fault_section(figures: dict[str, Any]) -> list[str]:
              f"{f['model_files_after_kill']} model files left; rerun weights identical: "
              f"{f['rerun_identical']}")
         )  # fmt: skip
+    if "kill_pipeline" in figures:
+        k = figures["kill_pipeline"]
+        rows.append(
+            ("kill -9 across the pipeline, chained",
+             f"{len(k['kill_points'])} kills in {k['assets']} assets ({', '.join(k['kill_points'])}); "
+             f"files opened after each kill, all whole: {k['files_opened_after_each_kill']}; "
+             f"{k['killed_runs_recovered']} killed runs marked failed; the last run "
+             f"({k['final_rerun_seconds']} s) equals an uninterrupted run")
+        )  # fmt: skip
+    if "concurrent_materialisations" in figures:
+        c = figures["concurrent_materialisations"]
+        rows.append(
+            (f"two materialisations of {c['asset']} at once",
+             f"{c['runs']} runs, overlap {c['overlap_seconds']} s (the second started "
+             f"{c['wait_seconds']} s after the first); Feast store valid, outcome unchanged")
+        )  # fmt: skip
     if not rows:
         return []
     return ["## Faults", "", _table(rows, ("fault", "measured")), ""]
@@ -181,16 +197,14 @@ def _other_sections(figures: dict[str, Any]) -> list[str]:
         if key in figures:
             p = figures[key]
             rows.append(
-                (name, p["phi_values"], p["uids"], p["files_scanned"],
+                (name, p.get("annex_e_attributes_present", "-"), p["phi_values"], p["uids"],
+                 p.get("real_dates", "-"), p.get("dated_rows_checked", "-"), p["files_scanned"],
                  p.get("events_scanned", "-"), p["leaks"])
             )  # fmt: skip
     if rows:
-        out += [
-            "## Privacy",
-            "",
-            _table(rows, ("scan", "PHI values", "UIDs", "files", "Dagster events", "leaks")),
-            "",
-        ]
+        header = ("scan", "Annex E attributes present", "PHI values", "UIDs", "real dates",
+                  "shifted dates checked", "files", "Dagster events", "leaks")  # fmt: skip
+        out += ["## Privacy", "", _table(rows, header), ""]
     return out
 
 

@@ -1,10 +1,23 @@
 """Privacy: no PHI from the raw archive and never the pseudonymisation key in any output.
 
-PHI is read back from the raw archive itself (DICOM headers: PatientName and its parts,
-PatientBirthDate, PatientID, AccessionNumber, InstitutionName, Study/Series/SOP UIDs; the
-OMOP person table: person_id, birth dates), then searched for in every output file (tables
-decoded, not just their compressed bytes), the CLI's stdout/stderr and, for the pipeline,
-every Dagster event (log lines, metadata values), the run config and the instance's files.
+PHI is read back from the raw archive itself: the value of every DICOM PS3.15 Annex E basic
+profile attribute in every header (``cohorts.dicom.deid``: names and their parts, ids,
+UIDs, dates, times, descriptions, institution, ...) and the OMOP person table (person_id,
+birth dates); then searched for in every output file (tables decoded, not just their
+compressed bytes), the CLI's stdout/stderr and, for the pipeline, every Dagster event (log
+lines, metadata values), the run config and the instance's files.
+
+What cannot be searched byte for byte, and how it is checked instead:
+- values under 4 characters (sex "F", a StudyID "1", a weight "70") are any number or
+  letter; they are counted, not searched;
+- values under 8 characters and purely numeric ones (an age "069Y", a time "093000") are
+  searched as whole tokens, in text files only: inside base64 (the plots embedded in
+  Dagster metadata) and in binary arrays, weights and databases such short strings occur
+  by chance;
+- real dates in ISO form are searched in events, logs and run config; in the data tables a
+  shifted date of one patient may equal a real date of another by chance, so there each
+  date is checked against its own source: it must be the real date moved by that patient's
+  shift (``cohorts.privacy.date_shift_days``), never the real date.
 The default run scans a real curation by ``lungjepa curate``; the full run scans a whole
 tiny pipeline run.
 """
@@ -27,6 +40,8 @@ import pydicom
 import pytest
 from dicom_factory import PHI, write_ct_series
 
+from cohorts.dicom.deid import annex_e_values
+
 REPO = Path(__file__).resolve().parents[2]
 KEY = "reliability-key-7f3a9c-never-in-outputs"
 _UID_TOKEN = re.compile(rb"[0-9]+(?:\.[0-9]+){3,}")
@@ -35,24 +50,49 @@ _WORD = re.compile(rb"[A-Za-z]+")
 
 @dataclass
 class Phi:
-    """Values to find: ``text`` anywhere, name ``words`` as whole words, ``uids`` as tokens."""
+    """Values to find: ``text`` anywhere, name ``words`` as whole words, ``uids`` as tokens,
+    ``tokens`` as whole tokens in text files, ``dates`` (ISO) in events and logs; ``short``
+    counts the values too short to search, by Annex E keyword."""
 
     text: set[str] = field(default_factory=set)
     words: set[str] = field(default_factory=set)
     uids: set[str] = field(default_factory=set)
+    tokens: set[str] = field(default_factory=set)
+    dates: set[str] = field(default_factory=set)
+    keywords: set[str] = field(default_factory=set)
+    short: dict[str, int] = field(default_factory=dict)
 
     def __ior__(self, other: Phi) -> Phi:
-        self.text |= other.text
-        self.words |= other.words
-        self.uids |= other.uids
+        for name in ("text", "words", "uids", "tokens", "dates", "keywords"):
+            getattr(self, name).update(getattr(other, name))
+        for keyword, n in other.short.items():
+            self.short[keyword] = self.short.get(keyword, 0) + n
         return self
+
+    def add(self, keyword: str, vr: str, value: str) -> None:
+        """One Annex E value, filed by how it can be searched (module docstring)."""
+        self.keywords.add(keyword)
+        if vr == "UI":
+            self.uids.add(value)
+            return
+        if vr in ("DA", "DT") and re.fullmatch(r"[0-9]{8}.*", value):
+            self.text.add(value)  # YYYYMMDD: outputs write ISO dates, so this is a leak
+            self.dates.add(f"{value[:4]}-{value[4:6]}-{value[6:8]}")
+            return
+        if len(value) < 4:
+            self.short[keyword] = self.short.get(keyword, 0) + 1
+            return
+        if len(value) < 8 or re.fullmatch(r"[0-9.+-]+", value):
+            self.tokens.add(value)
+            return
+        self.text.add(value)
+        if vr == "PN":
+            self.words.update(part for part in re.split(r"[\^ ]", value) if len(part) >= 3)
 
 
 def raw_phi(raw: Path) -> Phi:
-    """PHI read from the raw cohort's DICOM headers and OMOP person table."""
-    text: set[str] = set()
-    words: set[str] = set()
-    uids: set[str] = set()
+    """PHI read from the raw cohort's DICOM headers (Annex E) and OMOP person table."""
+    phi = Phi()
     for path in (raw / "dicom").rglob("*"):
         if not path.is_file():
             continue
@@ -60,25 +100,17 @@ def raw_phi(raw: Path) -> Phi:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception:  # noqa: BLE001 - junk files in an export carry no header
             continue
-        for keyword in ("PatientID", "AccessionNumber", "InstitutionName"):
-            text.add(str(ds.get(keyword, "") or "").strip())
-        name = str(ds.get("PatientName", "") or "")
-        text.add(name)
-        words.update(part for part in re.split(r"[\^ ]", name) if len(part) >= 3)
-        birth = str(ds.get("PatientBirthDate", "") or "")
-        if len(birth) == 8:
-            text.update({birth, f"{birth[:4]}-{birth[4:6]}-{birth[6:]}"})
-        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
-            uids.add(str(ds.get(keyword, "") or ""))
+        for keyword, vr, value in annex_e_values(ds):
+            phi.add(keyword, vr, value)
     person = raw / "ehr" / "person.csv"
     if person.exists():
         frame = pd.read_csv(person, dtype=str)
-        text.update(frame["person_id"].dropna())
+        phi.text.update(frame["person_id"].dropna())
         if "birth_datetime" in frame:
-            text.update(frame["birth_datetime"].dropna().str[:10])
-    text.discard("")
-    uids.discard("")
-    return Phi(text, words, uids)
+            phi.dates.update(frame["birth_datetime"].dropna().str[:10])
+    for values in (phi.text, phi.uids, phi.tokens, phi.dates):
+        values.discard("")
+    return phi
 
 
 def file_text(path: Path) -> bytes:
@@ -93,19 +125,30 @@ def file_text(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def leaks(blob: bytes, phi: Phi, key: str) -> list[str]:
+_TOKEN = re.compile(rb"[A-Za-z0-9.+-]+")
+BINARY_SUFFIXES = {".npy", ".npz", ".safetensors", ".onnx", ".pt", ".pth", ".png", ".db"}
+
+
+def leaks(blob: bytes, phi: Phi, key: str, binary: bool = False, dates: bool = False) -> list[str]:
+    """PHI values found in ``blob``; ``binary``: no short tokens; ``dates``: ISO dates too."""
     found = [value for value in phi.text if value.encode() in blob]
     found += [t.decode() for t in set(_WORD.findall(blob)) if t.decode() in phi.words]
     found += [t.decode() for t in set(_UID_TOKEN.findall(blob)) if t.decode() in phi.uids]
+    if not binary:
+        found += [t.decode() for t in set(_TOKEN.findall(blob)) if t.decode() in phi.tokens]
+    if dates:
+        found += [value for value in phi.dates if value.encode() in blob]
     if key.encode() in blob:
         found.append("<pseudonymisation key>")
     return found
 
 
-def scan_tree(root: Path, phi: Phi, key: str) -> Iterator[tuple[str, Any]]:
+def scan_tree(root: Path, phi: Phi, key: str, dates: bool = False) -> Iterator[tuple[str, Any]]:
     for path in sorted(root.rglob("*")):
         if path.is_file():
-            yield str(path.relative_to(root)), leaks(file_text(path), phi, key)
+            binary = path.suffix in BINARY_SUFFIXES
+            found = leaks(file_text(path), phi, key, binary=binary, dates=dates)
+            yield str(path.relative_to(root)), found
 
 
 def test_scanner_finds_planted_phi() -> None:
@@ -116,6 +159,39 @@ def test_scanner_finds_planted_phi() -> None:
         [PHI["patient_id"], "1.2.826.0.1.3680043.8.498.1", "<pseudonymisation key>", "Janet"]
     )
     assert leaks(b"1.2.826.0.1.3680043.8.498.12 SUMMARY", phi, KEY) == []  # other UID, word
+    timed = Phi(tokens={"093000", "069Y"}, dates={"2020-01-15"})
+    assert leaks(b"t=093000;", timed, KEY) == ["093000"]
+    assert leaks(b"age 069Y,", timed, KEY) == ["069Y"]
+    assert leaks(b"t=1093000; iVBOR069Yk4d", timed, KEY) == []  # whole tokens only (base64)
+    assert leaks(b"t=093000;", timed, KEY, binary=True) == []  # not in binary arrays
+    assert leaks(b"on 2020-01-15", timed, KEY) == []
+    assert leaks(b"on 2020-01-15", timed, KEY, dates=True) == ["2020-01-15"]
+
+
+def test_annex_e_values_are_read_from_headers_and_sequences(tmp_path: Path) -> None:
+    """The scan's list is the Annex E basic profile: every keyword known to pydicom, and the
+    values come out of nested sequences too (an operator's name inside a code sequence)."""
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.dataset import Dataset
+
+    from cohorts.dicom.deid import ANNEX_E_BASIC_PROFILE
+
+    assert len(ANNEX_E_BASIC_PROFILE) > 200
+    assert [k for k in ANNEX_E_BASIC_PROFILE if tag_for_keyword(k) is None] == []
+    spec = write_ct_series(tmp_path / "s", n_slices=2)
+    ds = pydicom.dcmread(spec.paths[0], stop_before_pixels=True)
+    operator = Dataset()
+    operator.PersonName = "Burns^Frank"
+    ds.OperatorIdentificationSequence = [operator]
+    ds.StudyTime = "093000"
+    ds.PatientSex = "F"
+    phi = Phi()
+    for keyword, vr, value in annex_e_values(ds):
+        phi.add(keyword, vr, value)
+    assert {PHI["patient_id"], PHI["accession"], PHI["institution"], "Burns^Frank"} <= phi.text
+    assert {"Janet", "Burns", "Frank"} <= phi.words
+    assert spec.series_uid in phi.uids and "093000" in phi.tokens
+    assert "1947-03-22" in phi.dates and phi.short["PatientSex"] == 1
 
 
 def test_curation_by_cli_leaks_no_phi_and_no_key(tmp_path: Path, figures: dict[str, Any]) -> None:
@@ -159,7 +235,8 @@ def test_curation_by_cli_leaks_no_phi_and_no_key(tmp_path: Path, figures: dict[s
     findings["<stdout+stderr>"] = leaks((result.stdout + result.stderr).encode(), phi, KEY)
     leaked = {k: v for k, v in findings.items() if v}
     figures["privacy_curation"] = {
-        "phi_values": len(phi.text) + len(phi.words),
+        "annex_e_attributes_present": len(phi.keywords),
+        "phi_values": len(phi.text) + len(phi.words) + len(phi.tokens),
         "uids": len(phi.uids),
         "files_scanned": len(findings) - 1,
         "leaks": len(leaked),
@@ -205,19 +282,50 @@ def test_pipeline_run_leaks_no_phi_and_no_key(
     for sub in ("data/curated", "data/feast", "data/examples", "artifacts", "metrics"):
         for rel, found in scan_tree(root / sub, phi, KEY):
             findings[f"{sub}/{rel}"] = found
-    findings["RESULTS.md"] = leaks((root / "RESULTS.md").read_bytes(), phi, KEY)
-    for rel, found in scan_tree(home, phi, KEY):
+    findings["RESULTS.md"] = leaks((root / "RESULTS.md").read_bytes(), phi, KEY, dates=True)
+    for rel, found in scan_tree(home, phi, KEY, dates=True):  # logs, event storage
         findings[f"dagster_home/{rel}"] = found
     for n, event in enumerate(events):
-        findings[f"event {n}"] = leaks(event.encode(), phi, KEY)
-    findings["run config"] = leaks(run_config.encode(), phi, KEY)
+        findings[f"event {n}"] = leaks(event.encode(), phi, KEY, dates=True)
+    findings["run config"] = leaks(run_config.encode(), phi, KEY, dates=True)
     leaked = {k: v for k, v in findings.items() if v}
+    dated = [_dates_are_shifted(root, cohort.name) for cohort in cohorts]
     figures["privacy_pipeline"] = {
         "cohorts": len(cohorts),
-        "phi_values": len(phi.text) + len(phi.words),
+        "annex_e_attributes_present": len(phi.keywords),
+        "phi_values": len(phi.text) + len(phi.words) + len(phi.tokens),
         "uids": len(phi.uids),
+        "real_dates": len(phi.dates),
+        "too_short_to_search": sum(phi.short.values()),
         "files_scanned": sum(1 for k in findings if not k.startswith(("event", "run config"))),
         "events_scanned": len(events),
+        "dated_rows_checked": sum(dated),
         "leaks": len(leaked),
     }
     assert leaked == {}, {k: v[:5] for k, v in list(leaked.items())[:20]}
+    assert len(phi.keywords) >= 15  # the generator writes a hospital's worth of Annex E fields
+
+
+def _dates_are_shifted(root: Path, cohort: str) -> int:
+    """Every curated study date is its series' real StudyDate moved back by the patient's
+    keyed shift (never the real date); returns the number of rows checked."""
+    from cohorts.dicom.scan import scan_dicom_tree
+    from cohorts.privacy import date_shift_days, pseudonymise
+    from orchestration.params import privacy_config
+
+    max_days = privacy_config().date_shift_max_days
+    assert max_days > 0
+    key = KEY.encode()
+    tree = scan_dicom_tree(root / "data" / "raw" / cohort / "dicom")
+    index = pd.read_parquet(root / "data" / "curated" / cohort / "index.parquet")
+    released = dict(zip(index["series_id"], index["study_date"], strict=True))
+    checked = 0
+    for uid, headers in tree.series.items():
+        real = pd.Timestamp(headers[0].study_date).date()
+        shift = date_shift_days(headers[0].patient_id, key, max_days)
+        assert shift < 0
+        expected = (real + pd.Timedelta(days=shift)).isoformat()
+        assert released[pseudonymise(uid, key, "series")] == expected != real.isoformat()
+        checked += 1
+    assert checked == len(index)
+    return checked

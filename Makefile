@@ -30,7 +30,7 @@ demo: setup
 
 # The default suite and the UI end to end in headless Chromium (`browser`), in one run on
 # two pytest-xdist workers (whole files per worker): the suite does not keep 2 cores busy,
-# so a fresh clone's `make test` went from 10m09s (two runs in a row) to about 7 min on 2 idle cores (6m38s-8m08s).
+# so a fresh clone's `make test` went from 10m09s (two runs in a row) to 5-8 min on 2 idle cores (5m03s-8m08s).
 TEST_WORKERS ?= 2
 test: setup system-deps
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow and not reliability_full" $(PYTEST_ARGS)

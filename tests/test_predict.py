@@ -302,8 +302,19 @@ def test_batch_over_annotations_matches_single_predictions(
     assert len(rows) == len(pd.read_csv(raw / "annotations.csv"))
     failed = [r for r in rows if "error" in r]
     assert code == (1 if failed else 0), err
-    assert len(failed) < len(rows)
     assert all(0.0 <= r["probability"] <= 1.0 for r in rows if "error" not in r)
+    # every nodule curation cropped is predicted; a row fails only where curation failed too:
+    # its series quarantined (not merely not selected), or the nodule outside the volume
+    curated = pipeline / "data" / "curated" / "internal"
+    cropped = set(pd.read_parquet(curated / "nodules.parquet")["annotation_index"].astype(int))
+    assert cropped and cropped <= {r["row"] for r in rows if "error" not in r}
+    index = pd.read_parquet(curated / "index.parquet").set_index("series_id")
+    for row in failed:
+        reason = (
+            str(index.loc[row["series_id"], "reason"]) if row["series_id"] in index.index else ""
+        )
+        quarantined = reason != "" and not reason.startswith("not_selected")
+        assert quarantined or "outside the volume" in row["error"], row
 
     code, out, _ = _run(capsys, _args(pipeline, case["folder"], case["nodule"], case["mrn"]))
     assert code == 0

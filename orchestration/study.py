@@ -41,11 +41,15 @@ AGREEMENT: tuple[tuple[str, str], ...] = (
 
 
 def cell_run_config(root: Path, regime: float, seed: int) -> dict[str, Any]:
-    """Run config of one cell: its own folders, the study preset, this regime and seed."""
+    """Run config of one cell: its own folders, this regime and seed.
+
+    The cohort sizes are the active profile's (``--profile study`` for the study's own; the
+    tiny profile in tests), never a second copy of them here.
+    """
     return {
         "resources": resources_under(root),
         "ops": {
-            "raw_archive": {"config": {"preset": "study", "seed": seed, "regime": regime}},
+            "raw_archive": {"config": {"seed": seed, "regime": regime}},
             "evaluation": {"config": {"results_markdown": str(root / "RESULTS.md")}},
         },
     }

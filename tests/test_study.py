@@ -1,5 +1,7 @@
 """The synthetic study's aggregation: pooled paired AUC differences per regime, and the trend."""
 
+import json
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -58,5 +60,50 @@ def test_summary_pools_the_paired_differences_and_keeps_the_seed_t_interval(tmp_
 
 def test_each_cell_gets_its_own_folders_and_generator_settings(tmp_path) -> None:
     config = cell_run_config(tmp_path / "cell", regime=0.67, seed=2)
-    assert config["ops"]["raw_archive"]["config"] == {"preset": "study", "seed": 2, "regime": 0.67}
+    assert config["ops"]["raw_archive"]["config"] == {"seed": 2, "regime": 0.67}  # sizes: profile
     assert config["resources"]["paths"]["config"]["data_dir"] == str(tmp_path / "cell" / "data")
+
+
+def test_run_study_runs_each_cell_once_resumes_and_summarises_the_cells_own_predictions(
+    tmp_path,
+) -> None:
+    """The driver on the tiny profile: one cell is a real pipeline run up to evaluation; its
+    row is the paired DeLong difference of the predictions the cell saved (one seed: the
+    pooled value is that cell's); a second call resumes from the cell's marker and runs
+    nothing."""
+    import dagster as dg
+    import pandas as pd
+
+    from models.evaluation import delong_test
+    from models.protocol import predictions_from_frame
+    from orchestration.study import CELL_MARKER, run_study
+
+    (tmp_path / "home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+        study = run_study(tmp_path / "cells", tmp_path / "metrics", [0.0], [0], instance)
+        assert len(instance.get_run_records()) == 1
+        cell = tmp_path / "cells" / "regime0_seed0"
+        assert (cell / CELL_MARKER).is_file()
+        latest = json.loads((cell / "artifacts" / "models" / "latest.json").read_text())
+        frame = pd.read_parquet(cell / "artifacts" / latest["path"] / "predictions.parquet")
+        labels, predictions = predictions_from_frame(frame)
+        test = delong_test(
+            labels["internal"],
+            predictions["internal"]["jepa"],
+            predictions["internal"]["multimodal"],
+        )
+        (row,) = [
+            r
+            for r in study["rows"]
+            if r["cohort"] == "internal" and r["comparison"] == "jepa - multimodal"
+        ]
+        assert row["pooled_difference"] == pytest.approx(test.diff, abs=1e-12)
+        assert row["n_seeds"] == 1 and row["test_patients_per_cell"] == labels["internal"].size
+        assert study["trends"] == []  # one regime: no slope to fit
+        again = run_study(tmp_path / "cells", tmp_path / "metrics", [0.0], [0], instance)
+        assert len(instance.get_run_records()) == 1  # resumed: the finished cell is not rerun
+        rows = json.dumps(study["rows"], sort_keys=True)  # as text: NaN == NaN
+        assert json.dumps(again["rows"], sort_keys=True) == rows
+    saved = json.loads((tmp_path / "metrics" / "study.json").read_text())
+    assert json.dumps(saved["rows"], sort_keys=True) == rows
+    assert (tmp_path / "metrics" / "study.png").is_file()

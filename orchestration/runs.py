@@ -17,6 +17,7 @@ import socket
 import dagster as dg
 
 _ACTIVE = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+HOST_TAG = "lungjepa/host"  # the machine whose process executes the run (run_tags)
 
 
 def _alive(pid: int) -> bool:
@@ -61,9 +62,6 @@ def recover_dead_runs(instance: dg.DagsterInstance) -> list[str]:
             instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
         recovered.append(run.run_id)
     return recovered
-
-
-HOST_TAG = "lungjepa/host"
 
 
 def run_tags() -> dict[str, str]:

@@ -1,4 +1,8 @@
-"""CT curation (issue 4): real pydicom files and factory-made series, good and bad."""
+"""CT curation (issue 4): real pydicom files and factory-made series, good and bad.
+
+Size: over 450 lines because it mirrors cohorts/dicom/curate.py, which is over 450 itself;
+issue 18 splits both along the same lines (decode queue, reuse cache, CLI input layouts).
+"""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from orchestration.resources import (
     PrivacyResource,
     TorchDevice,
 )
-from orchestration.sensors import incoming_batches
+from orchestration.sensors import incoming_batches, run_failures
 
 defs = dg.Definitions(
     assets=[
@@ -25,7 +25,7 @@ defs = dg.Definitions(
     asset_checks=[onnx_parity, *QUALITY_CHECKS],
     jobs=[full_pipeline, retraining, incoming_curation],
     schedules=[weekly_retraining],
-    sensors=[incoming_batches],
+    sensors=[incoming_batches, run_failures],
     resources={
         "paths": PipelinePaths(),
         "feature_store": FeatureStoreResource(),

@@ -20,7 +20,8 @@ retraining = dg.define_asset_job(
     "retraining",
     selection=dg.AssetSelection.groups("features", "training", "diagnosis", "deployment"),
     executor_def=dg.in_process_executor,
-    description="Features -> pretrain -> finetune -> evaluate -> export on the current cohorts.",
+    description="Features -> pretrain -> finetune -> evaluate -> export on the cohorts with the "
+    "arrival batches that join them (cohorts/batches.py).",
 )
 
 incoming_curation = dg.define_asset_job(
@@ -36,5 +37,6 @@ weekly_retraining = dg.ScheduleDefinition(
     cron_schedule="0 2 * * 0",
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.STOPPED,
-    description="Sunday 02:00 UTC: retrain on everything curated so far.",
+    description="Sunday 02:00 UTC: retrain on the cohorts and every arrival batch that passed "
+    "its blocking checks (params.yaml retraining.batches).",
 )

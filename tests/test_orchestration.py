@@ -11,12 +11,13 @@ import pandas as pd
 import pytest
 import yaml
 from dicom_factory import write_ct_series
-from pipeline_run import pipeline_run_config
+from pipeline_run import pipeline_run_config, run_pipeline
 
 from orchestration.assets.incoming import INCOMING_PARTITIONS, IncomingArchive
 from orchestration.definitions import defs
 from orchestration.params import REPO_ROOT, section
-from orchestration.sensors import incoming_batches
+from orchestration.resources import PipelinePaths
+from orchestration.sensors import FAILURE_LOG, incoming_batches, run_failures
 
 INSTANCE_YAML = REPO_ROOT / "orchestration" / "dagster.yaml"
 
@@ -52,7 +53,7 @@ def test_definitions_list_schedule_sensor_and_jobs() -> None:
     """(The CLI load of the same module is tests/test_pipeline.py's validate test.)"""
     repo = defs.get_repository_def()
     assert "weekly_retraining" in {s.name for s in repo.schedule_defs}
-    assert "incoming_batches" in {s.name for s in repo.sensor_defs}
+    assert {"incoming_batches", "run_failures"} <= {s.name for s in repo.sensor_defs}
     assert {"full_pipeline", "retraining", "incoming_curation"} <= set(repo.job_names)
 
 
@@ -244,3 +245,27 @@ def test_demo_replicate_runs_the_same_job_with_another_seed_in_its_own_folders(
     folders = run_config["resources"]["paths"]["config"]
     assert all(Path(v).is_relative_to(tmp_path / "seed7") for v in folders.values())
     assert cli.main(["demo", "--seed", "7"]) == 2  # --out is required with --seed
+
+
+def test_a_failed_run_leaves_a_line_in_the_failure_log(tmp_path: Path) -> None:
+    """Curation of a raw folder that is not there: the real run fails, and the run-failure
+    sensor records job, step and error class, without the message (it names files)."""
+    with dg.instance_for_test() as instance:
+        run = run_pipeline(tmp_path, instance, selection=["curated_scans"])
+        assert not run.success
+        paths = PipelinePaths(**pipeline_run_config(tmp_path)["resources"]["paths"]["config"])
+        context = dg.build_run_status_sensor_context(
+            sensor_name="run_failures",
+            dagster_event=run.get_run_failure_event(),
+            dagster_instance=instance,
+            dagster_run=run.dagster_run,
+            resources={"paths": paths},
+        ).for_run_failure()
+        run_failures(context)
+    lines = (paths.artifacts / FAILURE_LOG).read_text().splitlines()
+    (record,) = [json.loads(line) for line in lines]
+    assert record["run_id"] == run.run_id and record["job"] == "full_pipeline"
+    assert record["partition"] is None
+    assert record["failed_steps"] == ["curated_scans"]
+    assert record["errors"] == ["FileNotFoundError"]
+    assert str(tmp_path) not in json.dumps(record)  # no message, so no input path

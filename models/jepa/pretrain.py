@@ -370,13 +370,15 @@ def pretrain(
     config: PretrainConfig | None = None,
     progress: bool = True,
     probe_sets: tuple[ExampleSet, ExampleSet] | None = None,
+    inputs: Mapping[str, Any] | None = None,
 ) -> PretrainResult:
     """Pretrain a multimodal JEPA on examples; resume from out_dir/checkpoint.pt if present.
 
     Runs single-process, or one process per rank under torchrun (DDP). probe_sets =
     (labeled train, labeled test) adds linear-probe AUCs (pretrained vs random encoder) to the
     card. Returns the run summary; rank 0 writes encoder.safetensors, card.json,
-    pretrain.csv and pretrain.png into out_dir.
+    pretrain.csv and pretrain.png into out_dir. inputs: what the card records of where the
+    examples came from (the cohort manifests' versions); it does not enter the version.
     """
     config = config or PretrainConfig()
     out_dir = Path(out_dir)
@@ -385,7 +387,7 @@ def pretrain(
         check_probe_set(probe_sets[1], "test")
     ctx = init_distributed(None if config.device == "auto" else config.device)
     try:
-        return _pretrain(examples, out_dir, config, progress, probe_sets, ctx)
+        return _pretrain(examples, out_dir, config, progress, probe_sets, ctx, inputs or {})
     finally:
         cleanup_distributed(ctx)
 
@@ -397,6 +399,7 @@ def _pretrain(
     progress: bool,
     probe_sets: tuple[ExampleSet, ExampleSet] | None,
     ctx: DistContext,
+    inputs: Mapping[str, Any] | None = None,
 ) -> PretrainResult:
     device = ctx.device
     use_amp = device.type == "cuda"
@@ -611,6 +614,7 @@ def _pretrain(
         "version": version,
         "code_version": code_version(),
         "data_hash": data,
+        "inputs": dict(inputs or {}),
         "n_examples": len(examples),
         "params": config.to_dict(),
         "encoder_config": encoder_config,

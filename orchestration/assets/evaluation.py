@@ -9,6 +9,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
+from cohorts.batches import manifest_summary, read_manifests
 from cohorts.files import atomic_output, atomic_write_json, atomic_write_text
 from cohorts.privacy import read_key_record
 from models.baselines import ReaderError
@@ -141,6 +142,8 @@ def diagnostic_models(
         "config": config.model_dump(),
         # key fingerprint and date shift of each cohort's ids (cohorts/privacy.py), never a key
         "privacy": read_key_record(paths.data / "examples"),
+        # the membership of each cohort the models saw (cohorts/batches.py), by version
+        "cohort_manifests": manifest_summary(read_manifests(paths.data / "examples")),
     }
     for name, ensemble in result.ensembles.items():
         for member_name, member in zip(result.member_names[name], ensemble.members, strict=True):
@@ -160,6 +163,7 @@ def diagnostic_models(
         metadata={
             "version": dg.MetadataValue.text(version),
             "encoder_version": dg.MetadataValue.text(encoder_version),
+            **{f"manifest/{c}": m["version"] for c, m in card["cohort_manifests"].items()},
             "folds": dg.MetadataValue.int(len(result.folds)),
             "internal_patients_out_of_fold": dg.MetadataValue.int(len(result.labels["internal"])),
             "per_fold_auc": markdown_table(rows),

@@ -5,6 +5,15 @@ import datetime as dt
 import dagster as dg
 import pandas as pd
 
+from cohorts.batches import (
+    MANIFESTS,
+    BatchSelection,
+    cohort_members,
+    crop_shape,
+    manifest,
+    manifest_summary,
+    select_batches,
+)
 from cohorts.ehr.features import (
     add_age_at_scan,
     build_feature_tables,
@@ -32,6 +41,7 @@ from orchestration.resources import COHORTS, FeatureStoreResource, PipelinePaths
 
 _FEATURES = section("features")
 _EXAMPLES = section("examples")
+_RETRAINING = section("retraining")
 
 
 class FeaturesConfig(dg.Config):
@@ -104,19 +114,28 @@ def ehr_features(
 
 
 class ExamplesConfig(dg.Config):
+    """params.yaml `examples` and `retraining.batches` (which arrival batches join)."""
+
     max_timepoints: int = _EXAMPLES["max_timepoints"]
     n_signatures: int = _FEATURES["n_signatures"]
+    batches: list[str] = BatchSelection.from_value(_RETRAINING["batches"]).as_list()
+
+    def selection(self) -> BatchSelection:
+        return BatchSelection.from_value(self.batches)
 
 
 @dg.asset(
     pool="training_examples",
     group_name="features",
-    deps=[curated_scans, ehr_features],
+    # incoming_batch by key: orchestration/assets/incoming.py imports this module
+    deps=[curated_scans, ehr_features, dg.AssetKey("incoming_batch")],
     kinds={"python", "numpy"},
     retry_policy=dg.RetryPolicy(max_retries=3, delay=10.0, backoff=dg.Backoff.EXPONENTIAL),
-    code_version="1",
+    code_version="2",
     description="One row per patient: index-nodule crops over time with EHR features as of each "
-    "scan (Feast point-in-time join) and labels where the cohort has them.",
+    "scan (Feast point-in-time join) and labels where the cohort has them. Arrival batches "
+    "whose blocking checks passed join the archive (unlabeled) or internal (labeled) cohort; "
+    "each cohort's membership manifest is written beside the examples.",
 )
 def training_examples(
     context: dg.AssetExecutionContext,
@@ -126,27 +145,48 @@ def training_examples(
 ) -> dg.MaterializeResult:
     store = feature_store.open()
     names = ehr_feature_names(config.n_signatures)
-    rows = []
+    curated_root = paths.data / "curated"
     ehr_keys = read_key_record(paths.data / "feast")
-    records = {}  # how each cohort's ids and dates were made, for every card downstream
+    # how each cohort's ids and dates were made, for every card downstream
+    records = {cohort: read_key_record(paths.curated(cohort)) for cohort in COHORTS}
+    shapes = {}
     for cohort in COHORTS:
-        curated = paths.curated(cohort)
+        own = pd.read_parquet(paths.curated(cohort) / "nodules.parquet")
+        if len(own):
+            shapes[cohort] = crop_shape(own, paths.curated(cohort))
+    decisions = select_batches(paths.curated("incoming"), config.selection(), records, shapes)
+    for decision in decisions:
+        context.log.info(f"arrival batch {decision.batch}: {decision.cohort}, {decision.reason}")
+    rows, manifests = [], {}
+    for cohort in COHORTS:
         ehr_record = ehr_keys.get(cohort)
-        records[cohort] = read_key_record(curated)
-        check_same_key(cohort, records[cohort], ehr_record if isinstance(ehr_record, dict) else {})
-        nodules = pd.read_parquet(curated / "nodules.parquet")
-        labels_path = curated / "labels.parquet"
-        labels = pd.read_parquet(labels_path) if labels_path.exists() else None
+        try:
+            check_same_key(
+                cohort, records[cohort], ehr_record if isinstance(ehr_record, dict) else {}
+            )
+        except ValueError as error:  # not transient: the retry policy must not rerun it
+            raise dg.Failure(str(error), allow_retries=False) from error
+        members, nodules, labels = cohort_members(curated_root, cohort, decisions)
         entities = scan_entities(nodules)
         entities["event_timestamp"] = scan_timestamp(entities["study_date"])
         features = feast_store.historical_features(store, entities)
         features = add_age_at_scan(features, "event_timestamp")
-        arrays = assemble_examples(nodules, features, names, curated, config.max_timepoints, labels)
+        arrays = assemble_examples(
+            nodules,
+            features,
+            names,
+            curated_root,
+            config.max_timepoints,
+            labels if len(labels) else None,
+        )
         save_examples(arrays, paths.examples(cohort))
+        manifests[cohort] = manifest(members, nodules, curated_root)
         labeled = arrays["label"][arrays["label"] >= 0]
         rows.append(
             {
                 "cohort": cohort,
+                "version": manifests[cohort]["version"],
+                "members": len(members),
                 "patients": len(arrays["patient_id"]),
                 "scans": int(arrays["scan_mask"].sum()),
                 "ehr_coverage": float(arrays["ehr_mask"][arrays["scan_mask"]].mean()),
@@ -154,14 +194,27 @@ def training_examples(
                 "prevalence": float(labeled.mean()) if len(labeled) else float("nan"),
             }
         )
-    atomic_write_json(paths.data / "examples" / KEY_RECORD, records)
+    examples_dir = paths.data / "examples"
+    atomic_write_json(examples_dir / MANIFESTS, manifests)
+    atomic_write_json(examples_dir / "batches.json", [d.to_dict() for d in decisions])
+    atomic_write_json(examples_dir / KEY_RECORD, records)
     context.log.info(f"training examples: {rows}")
+    batch_rows = [
+        {"batch": d.batch, "joins": d.cohort or "kept out", "reason": d.reason} for d in decisions
+    ]
     return dg.MaterializeResult(
         metadata={
             "cohorts": markdown_table(rows),
+            "arrival_batches": markdown_table(batch_rows)
+            if batch_rows
+            else dg.MetadataValue.text("no arrival batch curated"),
+            "batches_joined": dg.MetadataValue.int(sum(d.cohort is not None for d in decisions)),
+            "manifests": dg.MetadataValue.json(manifest_summary(manifests)),
             "ehr_features": dg.MetadataValue.json(names),
+            **{f"manifest/{c}": m["version"] for c, m in manifests.items()},
             **{f"key_fingerprint/{c}": r.get("key_fingerprint", "") for c, r in records.items()},
-            **dvc_metadata(paths.data / "examples"),
+            **dvc_metadata(examples_dir),
             **flat_numbers({r["cohort"]: r for r in rows}),
-        }
+        },
+        data_version=dg.DataVersion("-".join(m["version"] for m in manifests.values())),
     )

@@ -3,8 +3,10 @@
 A hospital drops each export into ``<paths.incoming>/<batch>/`` (a ``dicom/`` folder and a
 LUNA16 ``annotations.csv``, written last: its presence marks the batch complete). The
 ``incoming_batches`` sensor adds the batch as a partition and requests its curation and its
-EHR features (from the Feast store the archive's pipeline keeps). The archive's cohort
-assets are left untouched, so retraining takes a batch in only when someone decides to.
+EHR features (from the Feast store the archive's pipeline keeps). Curation runs the
+scan-index suite on the batch and records the outcome (``quality.json``): the next
+``training_examples`` (the weekly retraining, or a run by hand) takes in every batch whose
+checks passed, as params.yaml ``retraining.batches`` says (cohorts/batches.py).
 """
 
 from pathlib import Path
@@ -12,16 +14,18 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
+from cohorts.batches import write_batch_quality
 from cohorts.dicom import curate_cohort
 from cohorts.ehr.features import add_age_at_scan, scan_timestamp
 from cohorts.examples import scan_entities
 from cohorts.files import atomic_output
 from cohorts.privacy import check_shares_a_key, read_key_record
+from cohorts.quality.suites import QualityThresholds, validate_scan_index
 from feature_repo import store as feast_store
 from orchestration.assets.data import CurationRunConfig
 from orchestration.assets.features import ehr_features
 from orchestration.metadata import flat_numbers
-from orchestration.params import resolve_path, section
+from orchestration.params import params, resolve_path, section
 from orchestration.resources import FeatureStoreResource, PipelinePaths, PrivacyResource
 
 INCOMING_PARTITIONS = dg.DynamicPartitionsDefinition(name="incoming_batches")
@@ -79,10 +83,25 @@ def incoming_batch(
     summary = curate_cohort(incoming.batch(batch), out_dir, curation, progress=False)
     stats = summary.to_dict()
     context.log.info(f"curated incoming batch {batch}: {stats}")
+    # The same blocking suite as the archive's scan index; a failure keeps the batch out of
+    # training (not out of the store: its curated files stay for a person to look at).
+    quality = validate_scan_index(
+        pd.read_parquet(out_dir / "index.parquet"),
+        QualityThresholds.from_params(params()),
+        f"incoming/{batch}/scan_index",
+    )
+    write_batch_quality(out_dir, quality.success, quality.failed_names)
+    if not quality.success:
+        context.log.warning(
+            f"batch {batch} failed its blocking checks and will not join training: "
+            + "; ".join(quality.failed_names)
+        )
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(out_dir)),
             "quarantined_total": dg.MetadataValue.int(sum(stats["quarantined"].values())),
+            "quality_passed": dg.MetadataValue.bool(quality.success),
+            "quality_failed": dg.MetadataValue.json(quality.failed_names),
             **flat_numbers(stats),
         }
     )
@@ -104,11 +123,14 @@ def incoming_batch_features(
 ) -> dg.MaterializeResult:
     folder = paths.curated("incoming") / context.partition_key
     ehr_records = read_key_record(paths.data / "feast")
-    check_shares_a_key(
-        f"incoming batch {context.partition_key}",
-        read_key_record(folder),
-        {c: r for c, r in ehr_records.items() if isinstance(r, dict)},
-    )
+    try:
+        check_shares_a_key(
+            f"incoming batch {context.partition_key}",
+            read_key_record(folder),
+            {c: r for c, r in ehr_records.items() if isinstance(r, dict)},
+        )
+    except ValueError as error:  # a wrong key stays wrong: no retry (they took 110 s)
+        raise dg.Failure(str(error), allow_retries=False) from error
     entities = scan_entities(pd.read_parquet(folder / "nodules.parquet"))
     entities["event_timestamp"] = scan_timestamp(entities["study_date"])
     if len(entities):

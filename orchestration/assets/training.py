@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from cohorts.batches import manifest_summary, read_manifests
 from cohorts.privacy import read_key_record
 from models.data import load_examples
 from models.finetune import stratified_patient_split
@@ -87,7 +88,15 @@ def jepa_encoder(
     probe_sets = (internal.subset(split["train"]), internal.subset(split["test"]))
     if config.nproc_per_node > 1:
         _run_torchrun(archive_path, run_dir, domain, config.nproc_per_node)
-    result = pretrain(archive, run_dir, domain, progress=True, probe_sets=probe_sets)
+    manifests = manifest_summary(read_manifests(paths.data / "examples"))
+    result = pretrain(
+        archive,
+        run_dir,
+        domain,
+        progress=True,
+        probe_sets=probe_sets,
+        inputs={"cohort_manifests": manifests},
+    )
     paths.point_latest("encoders", result.version, run_dir)
     card = json.loads(result.card_path.read_text())
     archive_record = read_key_record(paths.data / "examples").get("archive", {})
@@ -103,6 +112,7 @@ def jepa_encoder(
         **flat_numbers(result.probe or {}, prefix="probe/"),
         **flat_numbers(card.get("ema", {}), prefix="ema/"),
         "key_fingerprint/archive": archive_record.get("key_fingerprint", ""),
+        **{f"manifest/{c}": m["version"] for c, m in manifests.items()},
     }
     plot = run_dir / "pretrain.png"
     if plot.exists():

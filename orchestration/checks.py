@@ -5,15 +5,17 @@ import json
 import dagster as dg
 
 from models.onnx_runtime import sha256_file
-from orchestration.assets.evaluation import latest_models
 from orchestration.assets.export import onnx_model
+from orchestration.lineage import MODELS, built_on
 from orchestration.resources import PipelinePaths
 
 
 @dg.asset_check(asset=onnx_model, blocking=True)
-def onnx_parity(paths: PipelinePaths) -> dg.AssetCheckResult:
+def onnx_parity(
+    context: dg.AssetCheckExecutionContext, paths: PipelinePaths
+) -> dg.AssetCheckResult:
     """Every exported ONNX file matches its card's sha256 and torch within the parity tolerance."""
-    version, folder = latest_models(paths)
+    version, folder = built_on(context, paths, MODELS)
     exported = json.loads((folder / "onnx" / "exported.json").read_text())["models"]
     failures, details = [], {}
     for name, relative in exported.items():

@@ -41,8 +41,9 @@ from cohorts.quality.suites import (
     validate_scan_index,
 )
 from orchestration.assets.data import curated_scans
-from orchestration.assets.evaluation import diagnostic_models, latest_encoder, latest_models
+from orchestration.assets.evaluation import diagnostic_models
 from orchestration.assets.features import training_examples
+from orchestration.lineage import ENCODERS, MODELS, built_on
 from orchestration.metadata import flat_numbers, markdown_table
 from orchestration.params import params
 from orchestration.resources import COHORTS, PipelinePaths
@@ -245,11 +246,12 @@ def cross_modal_errors(run_dir: Path, examples, batch_size: int = 64) -> pd.Data
     return pd.DataFrame({name: np.concatenate(parts) for name, parts in rows.items()})
 
 
-def drift_groups(paths: PipelinePaths) -> tuple[dict[str, tuple[pd.DataFrame, pd.DataFrame]], str]:
-    """Reference/candidate frames per feature group, and the encoder version used."""
+def drift_groups(
+    paths: PipelinePaths, encoder_path: Path
+) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+    """Reference/candidate frames per feature group (embeddings from ``encoder_path``)."""
     from models.data import load_examples
 
-    encoder_version, encoder_path = latest_encoder(paths)
     reference = load_examples(paths.examples(REFERENCE))
     candidate = load_examples(paths.examples(CANDIDATE))
     names = [str(n) for n in reference.ehr_feature_names]
@@ -261,7 +263,7 @@ def drift_groups(paths: PipelinePaths) -> tuple[dict[str, tuple[pd.DataFrame, pd
     cross = [cross_modal_errors(encoder_path.parent, s) for s in (reference, candidate)]
     if cross[0] is not None and cross[1] is not None:
         groups["cross_modal"] = (cross[0], cross[1])
-    return groups, encoder_version
+    return groups
 
 
 @dg.asset(
@@ -276,7 +278,8 @@ def drift_groups(paths: PipelinePaths) -> tuple[dict[str, tuple[pd.DataFrame, pd
 )
 def cohort_drift(context: dg.AssetExecutionContext, paths: PipelinePaths) -> dg.MaterializeResult:
     thresholds = DriftThresholds.from_params(params())
-    groups, encoder_version = drift_groups(paths)
+    encoder_version, encoder_folder = built_on(context, paths, ENCODERS)
+    groups = drift_groups(paths, encoder_folder / "encoder.safetensors")
     result = compare_cohorts(groups, thresholds)
     extra: dict[str, Any] = {"encoder_version": encoder_version}
     if "cross_modal" in groups:
@@ -287,7 +290,7 @@ def cohort_drift(context: dg.AssetExecutionContext, paths: PipelinePaths) -> dg.
         extra["cross_modal"] = "no pretraining checkpoint with predictor weights found"
     out_dir = paths.metrics / DRIFT_SUBDIR
     report = write_drift_report(result, groups, out_dir, (REFERENCE, CANDIDATE), extra)
-    version, folder = latest_models(paths)
+    version, folder = built_on(context, paths, MODELS)
     record = {
         "reference": REFERENCE,
         "candidate": CANDIDATE,

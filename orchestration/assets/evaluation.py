@@ -41,6 +41,7 @@ from models.reporting import (
 )
 from orchestration.assets.training import jepa_encoder
 from orchestration.dvc_versions import dvc_metadata
+from orchestration.lineage import ENCODERS, MODELS, built_on
 from orchestration.metadata import flat_numbers, image_markdown, markdown_table
 from orchestration.params import REPO_ROOT, section
 from orchestration.resources import PipelinePaths
@@ -48,17 +49,6 @@ from orchestration.resources import PipelinePaths
 _FINETUNE = section("finetune")
 _EVALUATE = section("evaluate")
 _CURATE = section("curate")
-
-
-def latest_encoder(paths: PipelinePaths) -> tuple[str, Path]:
-    """(version, encoder file) of the last pretraining run."""
-    version, folder = paths.latest("encoders")
-    return version, folder / "encoder.safetensors"
-
-
-def latest_models(paths: PipelinePaths) -> tuple[str, Path]:
-    """(version, folder) of the last diagnostic models."""
-    return paths.latest("models")
 
 
 class DiagnosticConfig(dg.Config):
@@ -120,7 +110,8 @@ class DiagnosticConfig(dg.Config):
 def diagnostic_models(
     context: dg.AssetExecutionContext, config: DiagnosticConfig, paths: PipelinePaths
 ) -> dg.MaterializeResult:
-    encoder_version, encoder_path = latest_encoder(paths)
+    encoder_version, encoder_folder = built_on(context, paths, ENCODERS)
+    encoder_path = encoder_folder / "encoder.safetensors"
     internal = load_examples(paths.examples("internal"))
     external = load_examples(paths.examples("external"))
     protocol = config.domain()
@@ -194,7 +185,7 @@ class EvaluationConfig(dg.Config):
 def evaluation(
     context: dg.AssetExecutionContext, config: EvaluationConfig, paths: PipelinePaths
 ) -> dg.MaterializeResult:
-    version, folder = latest_models(paths)
+    version, folder = built_on(context, paths, MODELS)
     labels, predictions = predictions_from_frame(pd.read_parquet(folder / "predictions.parquet"))
     evaluation_json = evaluate_predictions(
         labels, predictions, config.bootstrap_replicates, config.seed

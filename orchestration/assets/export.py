@@ -13,8 +13,9 @@ from models.finetune import load_model
 from models.onnx_runtime import load_verified_session, predict_onnx
 from models.promotion import PromotionConfig, append_log, decide, manual_decision, read_log
 from models.protocol import Ensemble
-from orchestration.assets.evaluation import evaluation, latest_models
+from orchestration.assets.evaluation import evaluation
 from orchestration.dvc_versions import dvc_md5
+from orchestration.lineage import MODELS, built_on
 from orchestration.metadata import markdown_table
 from orchestration.params import section
 from orchestration.resources import PipelinePaths
@@ -54,7 +55,7 @@ def _ensemble(folder, name: str) -> Ensemble:
 def onnx_model(
     context: dg.AssetExecutionContext, config: ExportConfig, paths: PipelinePaths
 ) -> dg.MaterializeResult:
-    version, folder = latest_models(paths)
+    version, folder = built_on(context, paths, MODELS)
     card = json.loads((folder / "card.json").read_text())
     # Parity is numerics, not accuracy: any real cases do; every internal patient is some
     # fold member's training data, so the external cohort is used, as in deployment.
@@ -180,7 +181,7 @@ def _scores(paths: PipelinePaths, relative: str, inputs: tuple[np.ndarray, ...])
 def production_model(
     context: dg.AssetExecutionContext, config: PromotionRunConfig, paths: PipelinePaths
 ) -> dg.MaterializeResult:
-    version, folder = latest_models(paths)
+    version, folder = built_on(context, paths, MODELS)
     exported = json.loads((folder / "onnx" / "exported.json").read_text())
     pointer_path = paths.artifacts / "models" / "production.json"
     champion = json.loads(pointer_path.read_text()) if pointer_path.exists() else None

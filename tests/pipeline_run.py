@@ -1,5 +1,6 @@
 """Run the real Dagster definitions in-process on a throw-away folder and instance."""
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -35,3 +36,12 @@ def run_pipeline(
     return job.execute_in_process(
         instance=instance, asset_selection=keys, run_config=config, raise_on_error=False
     )
+
+
+def copy_pipeline(tiny_pipeline: tuple, root: Path) -> Path:
+    """A writable copy at ``root`` of the session's tiny pipeline outputs (data/, artifacts/)."""
+    source, _, result = tiny_pipeline
+    assert result.success
+    for part in ("data", "artifacts"):
+        shutil.copytree(source / part, root / part, symlinks=True)
+    return root

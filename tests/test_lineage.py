@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import dagster as dg
-from pipeline_run import pipeline_run_config
+from pipeline_run import copy_pipeline, pipeline_run_config
 
 from orchestration.definitions import defs
 from orchestration.lineage import ENCODERS, version_in_run
@@ -26,11 +26,7 @@ def _card(root: Path) -> dict:
 def test_models_take_their_runs_encoder_not_the_newest(
     tiny_pipeline: tuple, tmp_path: Path
 ) -> None:
-    source, _, result = tiny_pipeline
-    assert result.success
-    root = tmp_path / "copy"
-    for part in ("data", "artifacts"):
-        shutil.copytree(source / part, root / part, symlinks=True)
+    root = copy_pipeline(tiny_pipeline, tmp_path / "copy")
     config = pipeline_run_config(root)
     config.pop("ops")
     paths = PipelinePaths(**config["resources"]["paths"]["config"])

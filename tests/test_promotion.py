@@ -4,12 +4,11 @@ asset refusing a challenger on a real Dagster instance (production.json left unc
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
-from pipeline_run import pipeline_run_config
+from pipeline_run import copy_pipeline, pipeline_run_config
 
 from models.promotion import PromotionConfig, append_log, decide, read_log
 
@@ -59,16 +58,6 @@ def test_log_appends_one_line_per_decision(tmp_path: Path) -> None:
     )
 
 
-def _pipeline_copy(tiny_pipeline: tuple, tmp_path: Path) -> Path:
-    """A writable copy of the session's tiny pipeline outputs (data/ and artifacts/)."""
-    source, _, result = tiny_pipeline
-    assert result.success
-    root = tmp_path / "copy"
-    for part in ("data", "artifacts"):
-        shutil.copytree(source / part, root / part, symlinks=True)
-    return root
-
-
 def test_production_model_refuses_a_challenger_and_keeps_the_pointer(
     tiny_pipeline: tuple, tmp_path: Path
 ) -> None:
@@ -76,7 +65,7 @@ def test_production_model_refuses_a_challenger_and_keeps_the_pointer(
     re-run of the gate with an unmeetable margin refuses and logs why, pointer unchanged."""
     from orchestration.definitions import defs
 
-    root = _pipeline_copy(tiny_pipeline, tmp_path)
+    root = copy_pipeline(tiny_pipeline, tmp_path / "copy")
     models = root / "artifacts" / "models"
     (first,) = read_log(models / "promotions.jsonl")
     assert first["promoted"] and first["champion"] is None and first["checks"]["parity/jepa"]
@@ -136,7 +125,7 @@ def test_production_model_never_points_at_a_model_that_failed_parity_or_was_alte
     card's sha256 fails the gate's run, and production.json is still not written."""
     from orchestration.definitions import defs
 
-    root = _pipeline_copy(tiny_pipeline, tmp_path)
+    root = copy_pipeline(tiny_pipeline, tmp_path / "copy")
     models = root / "artifacts" / "models"
     (models / "production.json").unlink()
     (models / "promotions.jsonl").unlink()

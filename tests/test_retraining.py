@@ -10,7 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
-from pipeline_run import pipeline_run_config
+from pipeline_run import copy_pipeline, pipeline_run_config
 from test_orchestration import evaluate, write_batch
 
 from cohorts.batches import read_manifests
@@ -30,11 +30,7 @@ def _latest(instance: dg.DagsterInstance, asset: str) -> dict:
 def test_arrival_batches_join_the_next_retraining_and_every_card_names_their_versions(
     tiny_pipeline: tuple, tmp_path: Path
 ) -> None:
-    source, _, result = tiny_pipeline
-    assert result.success
-    root = tmp_path / "site"
-    for part in ("data", "artifacts"):
-        shutil.copytree(source / part, root / part, symlinks=True)
+    root = copy_pipeline(tiny_pipeline, tmp_path / "site")
     before = read_manifests(root / "data" / "examples")
     assert before["archive"]["members"] == ["archive"]
 

@@ -110,14 +110,14 @@ def _decide(
         return BatchDecision(name, None, f"blocking quality checks failed: {failed}")
     if not (folder / "nodules.parquet").is_file():
         return BatchDecision(name, None, "no nodules.parquet")
-    if len(pd.read_parquet(folder / "nodules.parquet", columns=["series_id"])) == 0:
+    nodules = pd.read_parquet(folder / "nodules.parquet")
+    if len(nodules) == 0:
         return BatchDecision(name, None, "no curated nodule to build an example from")
     cohort = target_cohort(folder)
     try:
         check_same_key(f"batch {name}", read_key_record(folder), records.get(cohort, {}))
     except ValueError as error:
         return BatchDecision(name, None, f"cannot join {cohort}: {error}")
-    nodules = pd.read_parquet(folder / "nodules.parquet")
     expected, shape = crop_shapes.get(cohort), crop_shape(nodules, folder)
     if expected is not None and tuple(expected) != shape:
         return BatchDecision(

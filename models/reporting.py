@@ -109,6 +109,32 @@ def _table(rows: list[Mapping[str, Any]], leading: Sequence[str]) -> list[str]:
     return [header, rule, *body]
 
 
+def _study_primary(primary: Mapping[str, Any]) -> str:
+    """One paragraph: the pre-registered test (params.yaml `study.primary`) and its verdict."""
+
+    def verdict(value: bool | None) -> str:
+        return "not run" if value is None else ("yes" if value else "no")
+
+    gain = (
+        "not run"
+        if primary.get("gain") is None
+        else f"{primary['gain']:+.3f} [{primary['gain_ci'][0]:+.3f}, {primary['gain_ci'][1]:+.3f}]"
+    )
+    slope = (
+        "not run"
+        if primary.get("slope") is None
+        else f"{primary['slope']:+.3f} per unit regime, p = {primary['slope_p']:.3g}"
+    )
+    return (
+        f"**Pre-registered test** (params.yaml `study.primary`, {primary['cohort']}, "
+        f"`{primary['comparison']}`): pooled gain at regime {primary['regime']:g} {gain}, "
+        f"95% CI above 0: **{verdict(primary.get('gain_ci_above_zero'))}**; trend {slope}, "
+        f"negative with p < {primary['alpha']:g}: "
+        f"**{verdict(primary.get('slope_negative_significant'))}**. "
+        f"Both hold: **{'yes' if primary.get('met') else 'no'}**."
+    )
+
+
 def _study_section(study: Mapping[str, Any]) -> str:
     """Synthetic study: `{"title"?, "note"?, "rows": [...], "trends"?: [...]}` as tables."""
     rows = list(study.get("rows", []))
@@ -117,6 +143,8 @@ def _study_section(study: Mapping[str, Any]) -> str:
         parts += [str(study["note"]), ""]
     if not rows:
         return "\n".join([*parts, "No study rows were produced."])
+    if study.get("primary"):
+        parts += [_study_primary(study["primary"]), ""]
     parts += _table(rows, STUDY_COLUMN_ORDER)
     if study.get("trends"):
         parts += ["", "### Trend over the regime (meta-regression slope)", ""]

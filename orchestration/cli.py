@@ -202,16 +202,17 @@ def cmd_curate(args: argparse.Namespace) -> int:
 
 def cmd_study(args: argparse.Namespace) -> int:
     """The synthetic sweep; use it with `--profile study` (the sizes one cell should have)."""
-    from orchestration.study import default_sweep, run_study
+    from orchestration.study import StudySettings, run_study
 
-    regimes, seeds = default_sweep()
+    plan = StudySettings.from_params()
+    regimes, seeds = list(plan.regimes), list(plan.seeds)
     if args.regimes:
         regimes = [float(r) for r in args.regimes.split(",")]
     if args.seeds:
         seeds = [int(s) for s in args.seeds.split(",")]
     paths = section("paths")
     root = Path(args.out) if args.out else resolve_path(paths["data"]) / "study"
-    study = run_study(root, resolve_path(paths["metrics"]), regimes, seeds, _instance())
+    study = run_study(root, resolve_path(paths["metrics"]), regimes, seeds, _instance(), plan)
     for row in study["rows"]:
         print(
             f"{row['cohort']:<9} regime {row['regime']:<5g} {row['comparison']:<26} "
@@ -224,6 +225,12 @@ def cmd_study(args: argparse.Namespace) -> int:
             f"{trend['slope_per_unit_regime']:+.3f} [{trend['ci_low']:+.3f}, "
             f"{trend['ci_high']:+.3f}] p={trend['p_value']:.3g}"
         )
+    primary = study["primary"]
+    print(
+        f"pre-registered ({primary['cohort']} {primary['comparison']}): gain CI above 0 at "
+        f"regime {primary['regime']:g}: {primary['gain_ci_above_zero']}; negative slope with "
+        f"p < {primary['alpha']:g}: {primary['slope_negative_significant']}; met: {primary['met']}"
+    )
     return 0
 
 

@@ -9,6 +9,7 @@ metrics/study.json and a plot.
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,89 @@ AGREEMENT: tuple[tuple[str, str], ...] = (
     ("jepa_probe", "clinical_refit"),  # what the frozen pretrained features carry
     ("jepa_probe", "clinical_brock"),
 )
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """params.yaml `study`: the sweep and its pre-registered primary test.
+
+    The primary test is fixed before the first run of the protocol: at ``regime`` the pooled
+    internal gain ``model - versus`` must have a 95% CI above 0, and the meta-regression slope
+    of that gain over the regime must be negative with p < ``alpha``.
+    """
+
+    regimes: tuple[float, ...]
+    seeds: tuple[int, ...]
+    cohort: str
+    model: str
+    versus: str
+    regime: float
+    alpha: float
+
+    @classmethod
+    def from_params(cls) -> "StudySettings":
+        study = section("study")
+        primary = study["primary"]
+        return cls(
+            regimes=tuple(float(r) for r in study["regimes"]),
+            seeds=tuple(int(s) for s in study["seeds"]),
+            cohort=str(primary["cohort"]),
+            model=str(primary["model"]),
+            versus=str(primary["versus"]),
+            regime=float(primary["regime"]),
+            alpha=float(study["alpha"]),
+        )
+
+    @property
+    def comparison(self) -> str:
+        return f"{self.model} - {self.versus}"
+
+
+def primary_result(
+    rows: Sequence[dict[str, Any]], trend_rows: Sequence[dict[str, Any]], plan: StudySettings
+) -> dict[str, Any]:
+    """The pre-registered verdict, read off the pooled rows and trends (never set by hand).
+
+    ``met`` is True only when both halves hold; a half whose row is missing (the regime or a
+    second regime was not run) is None, so an incomplete sweep never reads as a pass.
+    """
+    gain = next(
+        (
+            r
+            for r in rows
+            if r["cohort"] == plan.cohort
+            and r["comparison"] == plan.comparison
+            and np.isclose(r["regime"], plan.regime)
+        ),
+        None,
+    )
+    trend = next(
+        (
+            t
+            for t in trend_rows
+            if t["cohort"] == plan.cohort and t["comparison"] == plan.comparison
+        ),
+        None,
+    )
+    gain_holds = None if gain is None else bool(gain["pooled_ci_low"] > 0.0)
+    slope_holds = (
+        None
+        if trend is None
+        else bool(trend["slope_per_unit_regime"] < 0.0 and trend["p_value"] < plan.alpha)
+    )
+    return {
+        "cohort": plan.cohort,
+        "comparison": plan.comparison,
+        "regime": plan.regime,
+        "alpha": plan.alpha,
+        "gain": None if gain is None else gain["pooled_difference"],
+        "gain_ci": None if gain is None else [gain["pooled_ci_low"], gain["pooled_ci_high"]],
+        "gain_ci_above_zero": gain_holds,
+        "slope": None if trend is None else trend["slope_per_unit_regime"],
+        "slope_p": None if trend is None else trend["p_value"],
+        "slope_negative_significant": slope_holds,
+        "met": bool(gain_holds and slope_holds),
+    }
 
 
 def cell_run_config(root: Path, regime: float, seed: int) -> dict[str, Any]:
@@ -247,6 +331,7 @@ def run_study(
     regimes: Sequence[float],
     seeds: Sequence[int],
     instance: dg.DagsterInstance,
+    plan: StudySettings | None = None,
 ) -> dict[str, Any]:
     """Run every (regime, seed) cell under ``root`` and write metrics/study.json + study.png."""
     cells = []
@@ -268,6 +353,8 @@ def run_study(
                 }
             )
     rows = summarise(cells, "internal") + summarise(cells, "external")
+    trend_rows = trends(cells, "internal") + trends(cells, "external")
+    plan = plan or StudySettings.from_params()
     study = {
         "title": "Synthetic study: JEPA gain by causal regime",
         "note": "Each cell is a full pipeline run (study preset) with its own data, encoder and "
@@ -278,16 +365,11 @@ def run_study(
         "regimes": [float(r) for r in regimes],
         "seeds": [int(s) for s in seeds],
         "rows": rows,
-        "trends": trends(cells, "internal") + trends(cells, "external"),
+        "primary": primary_result(rows, trend_rows, plan),
+        "trends": trend_rows,
         "agreement": agreement_by_regime(cells),
         "cells": cells,
     }
     atomic_write_json(metrics_dir / "study.json", study)
     plot_study([r for r in rows if r["cohort"] == "internal"], metrics_dir / "study.png")
     return study
-
-
-def default_sweep() -> tuple[list[float], list[int]]:
-    """Regimes and seeds from params.yaml `study`."""
-    study = section("study")
-    return [float(r) for r in study["regimes"]], [int(s) for s in study["seeds"]]

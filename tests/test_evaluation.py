@@ -199,8 +199,24 @@ def test_results_markdown_and_plots(tmp_path: Path) -> None:
         "title": "Synthetic study",
         "rows": [{"regime": 0.0, "jepa": 0.8123}],
         "trends": [{"comparison": "jepa - multimodal", "slope_per_unit_regime": -0.2345}],
+        "primary": {
+            "cohort": "internal",
+            "comparison": "jepa - multimodal",
+            "regime": 0.0,
+            "alpha": 0.05,
+            "gain": 0.0412,
+            "gain_ci": [-0.0101, 0.0931],
+            "gain_ci_above_zero": False,
+            "slope": None,
+            "slope_p": None,
+            "slope_negative_significant": None,
+            "met": False,
+        },
     }
     text = results_markdown(evaluation, PAPER_AUC, study, provenance)
+    assert "pooled gain at regime 0 +0.041 [-0.010, +0.093], 95% CI above 0: **no**" in text
+    assert "trend not run" in text and "p < 0.05: **not run**" in text
+    assert "Both hold: **no**" in text
     ours = evaluation["internal"]["jepa"]
     assert f"| {ours['auc']:.3f} | [{ours['ci'][0]:.3f}, {ours['ci'][1]:.3f}] |" in text
     assert "| 0.91 |" in text and "not reported" in text  # paper column, labelled

@@ -107,3 +107,41 @@ def test_run_study_runs_each_cell_once_resumes_and_summarises_the_cells_own_pred
     saved = json.loads((tmp_path / "metrics" / "study.json").read_text())
     assert json.dumps(saved["rows"], sort_keys=True) == rows
     assert (tmp_path / "metrics" / "study.png").is_file()
+
+
+def test_the_pre_registered_verdict_is_read_off_the_rows_and_an_unrun_half_never_passes() -> None:
+    from orchestration.study import StudySettings, primary_result
+
+    plan = StudySettings(
+        regimes=(0.0, 1.0),
+        seeds=(0, 1, 2),
+        cohort="internal",
+        model="jepa",
+        versus="multimodal",
+        regime=0.0,
+        alpha=0.05,
+    )
+    gaining = [_cell(0.0, s, d, 0.0004) for s, d in enumerate((0.10, 0.12, 0.08))]
+    fading = [_cell(1.0, s, d, 0.0004) for s, d in enumerate((-0.01, 0.0, 0.01))]
+    cells = gaining + fading
+    verdict = primary_result(summarise(cells, "internal"), trends(cells, "internal"), plan)
+    assert verdict["gain_ci"][0] > 0 and verdict["gain_ci_above_zero"] is True
+    assert verdict["slope"] < 0 and verdict["slope_p"] < 0.05
+    assert verdict["met"] is True
+    # the same gain at both regimes: no negative trend, so the test is not met
+    flat = gaining + [_cell(1.0, s, d, 0.0004) for s, d in enumerate((0.10, 0.12, 0.08))]
+    verdict = primary_result(summarise(flat, "internal"), trends(flat, "internal"), plan)
+    assert verdict["gain_ci_above_zero"] is True and verdict["slope_negative_significant"] is False
+    assert verdict["met"] is False
+    # one regime only: the trend half was not run, and an unrun half never reads as a pass
+    verdict = primary_result(summarise(gaining, "internal"), trends(gaining, "internal"), plan)
+    assert verdict["slope_negative_significant"] is None and verdict["met"] is False
+
+
+def test_the_study_settings_come_from_params_and_name_models_the_protocol_trains() -> None:
+    from orchestration.study import COMPARISONS, StudySettings
+
+    plan = StudySettings.from_params()
+    assert len(plan.regimes) >= 4 and len(plan.seeds) >= 5
+    assert plan.regime in plan.regimes
+    assert (plan.model, plan.versus) in COMPARISONS

@@ -131,7 +131,7 @@ def _study_primary(primary: Mapping[str, Any]) -> str:
         f"95% CI above 0: **{verdict(primary.get('gain_ci_above_zero'))}**; trend {slope}, "
         f"negative with p < {primary['alpha']:g}: "
         f"**{verdict(primary.get('slope_negative_significant'))}**. "
-        f"Both hold: **{'yes' if primary.get('met') else 'no'}**."
+        f"Both hold on the whole planned sweep: **{'yes' if primary.get('met') else 'no'}**."
     )
 
 
@@ -143,6 +143,15 @@ def _study_section(study: Mapping[str, Any]) -> str:
         parts += [str(study["note"]), ""]
     if not rows:
         return "\n".join([*parts, "No study rows were produced."])
+    if study.get("cells_missing"):
+        missing = list(study["cells_missing"])
+        done = int(study["cells_planned"]) - len(missing)
+        parts += [
+            f"**Provisional: {done} of {study['cells_planned']} planned cells have run** "
+            f"(not yet: {', '.join(missing)}). Rerun `lungjepa --profile study study` to "
+            "run the rest; finished cells are kept in metrics/study/.",
+            "",
+        ]
     if study.get("primary"):
         parts += [_study_primary(study["primary"]), ""]
     parts += _table(rows, STUDY_COLUMN_ORDER)

@@ -67,7 +67,8 @@ def materialize(selection: list[str] | None, run_config: dict[str, Any] | None =
     )
 
 
-def _summary(elapsed_s: float, root: Path | None = None) -> str:
+def demo_summary(elapsed_s: float, root: Path | None = None) -> str:
+    """What `make demo` prints last: where each output went and the AUCs of evaluation.json."""
     paths = section("paths")
     if root is not None:
         paths = {"data": str(root / "data"), "artifacts": str(root / "artifacts"),
@@ -81,7 +82,7 @@ def _summary(elapsed_s: float, root: Path | None = None) -> str:
     if production.exists():
         pointer = json.loads(production.read_text())
         for name, rel in pointer["models"].items():
-            lines.append(f"  ONNX ({name:<12}) {artifacts / rel}")
+            lines.append(f"  {'ONNX ' + name:<16} {artifacts / rel}")
     lines.append(f"  metrics          {metrics}")
     results_md = REPO_ROOT / "docs" / "RESULTS.md" if root is None else root / "RESULTS.md"
     lines.append(f"  results          {results_md}")
@@ -130,7 +131,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 1
     if root is not None:
         record_replicate(root, args.seed, time.perf_counter() - start)
-    print(_summary(time.perf_counter() - start, root))
+    print(demo_summary(time.perf_counter() - start, root))
     return 0
 
 
@@ -212,7 +213,17 @@ def cmd_study(args: argparse.Namespace) -> int:
         seeds = [int(s) for s in args.seeds.split(",")]
     paths = section("paths")
     root = Path(args.out) if args.out else resolve_path(paths["data"]) / "study"
-    study = run_study(root, resolve_path(paths["metrics"]), regimes, seeds, _instance(), plan)
+    study = run_study(
+        root,
+        resolve_path(paths["metrics"]),
+        regimes,
+        seeds,
+        _instance(),
+        plan,
+        run_missing=not args.summarise,
+    )
+    if study["cells_missing"]:
+        print(f"not run yet ({len(study['cells_missing'])}): {', '.join(study['cells_missing'])}")
     for row in study["rows"]:
         print(
             f"{row['cohort']:<9} regime {row['regime']:<5g} {row['comparison']:<26} "
@@ -444,6 +455,11 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--regimes", help="comma-separated, default params.yaml study.regimes")
     study.add_argument("--seeds", help="comma-separated, default params.yaml study.seeds")
     study.add_argument("--out", help="folder for the cells' data (default data/study)")
+    study.add_argument(
+        "--summarise",
+        action="store_true",
+        help="summarise the finished cells (metrics/study/) without running the missing ones",
+    )
     study.set_defaults(func=cmd_study)
 
     promote = sub.add_parser("promote", help="point production at a model version by hand")

@@ -5,9 +5,18 @@ its own data folder, with only the generator's regime and seed changed, so the s
 exactly the product people run (and every cell shows in the Dagster UI, tagged). The
 aggregate, JEPA minus from-scratch multimodal AUC per regime with a CI over seeds, goes to
 metrics/study.json and a plot.
+
+A finished cell leaves a small durable record, metrics/study/<cell>/{cell.json,
+predictions.parquet}: its evaluation, the out-of-fold and external predictions and the
+fingerprint of the settings it ran under. The summary is computed from these records only,
+so the cells' bulky data folders may be deleted, the records are versioned with the other
+metrics, and a sweep interrupted in one session resumes in the next (``--summarise`` writes
+the summary of the finished cells without running any).
 """
 
+import hashlib
 import json
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +32,16 @@ from cohorts.files import atomic_output, atomic_write_json
 from models.evaluation import delong_test, rank_agreement
 from models.meta_analysis import random_effects_mean, random_effects_slope
 from models.protocol import predictions_from_frame
-from orchestration.params import section
+from orchestration.params import params, section
 from orchestration.resources import PipelinePaths, resources_under
 
 CELL_MARKER = "cell.json"  # written last by a finished cell; its presence makes a rerun skip it
+RECORDS_SUBDIR = "study"  # metrics/study/<cell>/: the durable record of each finished cell
+PREDICTIONS = "predictions.parquet"
+# the params.yaml sections that decide what a cell measures (paths and the gate do not)
+MEASURED_SECTIONS: tuple[str, ...] = (
+    "synth", "curate", "privacy", "features", "examples", "pretrain", "finetune", "evaluate",
+)  # fmt: skip
 COMPARISONS: tuple[tuple[str, str], ...] = (
     ("jepa", "multimodal"),
     ("jepa", "imaging_only"),
@@ -78,12 +93,16 @@ class StudySettings:
 
 
 def primary_result(
-    rows: Sequence[dict[str, Any]], trend_rows: Sequence[dict[str, Any]], plan: StudySettings
+    rows: Sequence[dict[str, Any]],
+    trend_rows: Sequence[dict[str, Any]],
+    plan: StudySettings,
+    missing: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The pre-registered verdict, read off the pooled rows and trends (never set by hand).
 
-    ``met`` is True only when both halves hold; a half whose row is missing (the regime or a
-    second regime was not run) is None, so an incomplete sweep never reads as a pass.
+    ``met`` is True only when both halves hold on the whole planned sweep: a half whose row is
+    missing (the regime or a second regime was not run) is None, and with ``missing`` cells
+    the verdict is provisional and never a pass.
     """
     gain = next(
         (
@@ -120,7 +139,8 @@ def primary_result(
         "slope": None if trend is None else trend["slope_per_unit_regime"],
         "slope_p": None if trend is None else trend["p_value"],
         "slope_negative_significant": slope_holds,
-        "met": bool(gain_holds and slope_holds),
+        "complete": not missing,
+        "met": bool(gain_holds and slope_holds and not missing),
     }
 
 
@@ -173,26 +193,66 @@ def run_cell(instance: dg.DagsterInstance, root: Path, regime: float, seed: int)
     return json.loads((root / "metrics" / "evaluation.json").read_text())
 
 
-def _cell_predictions(cell_root: Path) -> tuple[dict, dict]:
-    """Labels and predictions per cohort, as the cell's evaluation asset saved them."""
-    _, folder = PipelinePaths(artifacts_dir=str(cell_root / "artifacts")).latest("models")
-    return predictions_from_frame(pd.read_parquet(folder / "predictions.parquet"))
+def cell_name(regime: float, seed: int) -> str:
+    """Folder name of one cell, e.g. ``regime0.33_seed10``."""
+    return f"regime{regime:g}_seed{seed}"
 
 
-def cell_agreement(cell_root: Path, cohort: str = "internal") -> dict[str, float]:
+def settings_fingerprint(settings: dict[str, Any] | None = None) -> str:
+    """sha256 (12 hex) of the MEASURED_SECTIONS of the active params, seed and regime left out.
+
+    Two cells with one fingerprint ran the same method at the same sizes; a record whose
+    fingerprint differs from the sweep's is never pooled with it.
+    """
+    settings = params() if settings is None else settings
+    measured = {name: settings[name] for name in MEASURED_SECTIONS}
+    measured["synth"] = {k: v for k, v in measured["synth"].items() if k not in ("seed", "regime")}
+    text = json.dumps(measured, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def write_record(record_dir: Path, cell: dict[str, Any], predictions: Path) -> None:
+    """The cell's durable record: predictions first, cell.json last (its presence = finished)."""
+    record_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_output(record_dir / PREDICTIONS) as tmp:
+        shutil.copyfile(predictions, tmp)
+    atomic_write_json(record_dir / CELL_MARKER, cell)
+
+
+def read_record(record_dir: Path, fingerprint: str) -> dict[str, Any] | None:
+    """A finished cell's record, None when there is none; refuses one run under other settings."""
+    marker = record_dir / CELL_MARKER
+    if not marker.is_file() or not (record_dir / PREDICTIONS).is_file():
+        return None
+    cell = json.loads(marker.read_text())
+    if cell.get("settings_fingerprint") != fingerprint:
+        raise ValueError(
+            f"{marker}: this cell ran under settings {cell.get('settings_fingerprint')}, the sweep "
+            f"runs under {fingerprint} (params.yaml {', '.join(MEASURED_SECTIONS)}); move the "
+            "record away to rerun the cell, or restore the settings it ran under"
+        )
+    return cell
+
+
+def _cell_predictions(record_dir: Path) -> tuple[dict, dict]:
+    """Labels and predictions per cohort, from the cell's record."""
+    return predictions_from_frame(pd.read_parquet(record_dir / PREDICTIONS))
+
+
+def cell_agreement(record_dir: Path, cohort: str = "internal") -> dict[str, float]:
     """Spearman correlation of the AGREEMENT pairs' predictions in one cell."""
-    _, predictions = _cell_predictions(cell_root)
+    _, predictions = _cell_predictions(record_dir)
     matrix = rank_agreement(predictions[cohort])
     return {f"{a} ~ {b}": matrix[a][b] for a, b in AGREEMENT if a in matrix and b in matrix}
 
 
-def cell_paired_differences(cell_root: Path) -> dict[str, dict[str, dict[str, float]]]:
+def cell_paired_differences(record_dir: Path) -> dict[str, dict[str, dict[str, float]]]:
     """Per cohort and comparison: one cell's paired DeLong AUC difference and its variance.
 
-    Read from the predictions the evaluation asset saved next to the cell's newest models,
-    so a finished (or resumed) cell never has to be rerun to be summarised.
+    Read from the predictions in the cell's record (those the evaluation asset saved next to
+    the cell's models), so a finished cell never has to be rerun to be summarised.
     """
-    labels, predictions = _cell_predictions(cell_root)
+    labels, predictions = _cell_predictions(record_dir)
     paired: dict[str, dict[str, dict[str, float]]] = {}
     for cohort, y in labels.items():
         for ours, other in COMPARISONS:
@@ -332,24 +392,52 @@ def run_study(
     seeds: Sequence[int],
     instance: dg.DagsterInstance,
     plan: StudySettings | None = None,
+    run_missing: bool = True,
 ) -> dict[str, Any]:
-    """Run every (regime, seed) cell under ``root`` and write metrics/study.json + study.png."""
-    cells = []
+    """Run every (regime, seed) cell under ``root`` and write metrics/study.json + study.png.
+
+    A cell with a record under metrics/study/ is not run again, nor is one whose data folder
+    under ``root`` holds a finished cell (its record is written from it). ``run_missing``
+    False summarises the finished cells only; the missing ones are listed in study.json and
+    the pre-registered test is not met until every planned cell has run.
+    """
+    fingerprint = settings_fingerprint()
+    cells, missing = [], []
     for regime in regimes:
         for seed in seeds:
-            cell_root = root / f"regime{regime:g}_seed{seed}"
-            done = cell_root / CELL_MARKER
-            if done.exists():  # resume: a finished cell is not run again
-                cell = json.loads(done.read_text())
-            else:
-                evaluation = run_cell(instance, cell_root, regime, seed)
-                cell = {"regime": float(regime), "seed": int(seed), "evaluation": evaluation}
-                atomic_write_json(done, cell)
+            name = cell_name(regime, seed)
+            cell_root, record_dir = root / name, metrics_dir / RECORDS_SUBDIR / name
+            cell = read_record(record_dir, fingerprint)
+            if cell is None:
+                if (cell_root / CELL_MARKER).is_file():  # finished before its record was written
+                    finished = json.loads((cell_root / CELL_MARKER).read_text())
+                    if finished.get("settings_fingerprint", fingerprint) != fingerprint:
+                        raise ValueError(
+                            f"{cell_root / CELL_MARKER}: ran under other settings "
+                            f"({finished['settings_fingerprint']}, the sweep: {fingerprint})"
+                        )
+                    evaluation = finished["evaluation"]
+                elif run_missing:
+                    evaluation = run_cell(instance, cell_root, regime, seed)
+                else:
+                    missing.append(name)
+                    continue
+                cell = {
+                    "regime": float(regime),
+                    "seed": int(seed),
+                    "settings_fingerprint": fingerprint,
+                    "evaluation": evaluation,
+                }
+                _, models = PipelinePaths(artifacts_dir=str(cell_root / "artifacts")).latest(
+                    "models"
+                )
+                write_record(record_dir, cell, models / PREDICTIONS)
+                atomic_write_json(cell_root / CELL_MARKER, cell)
             cells.append(
                 {
                     **cell,
-                    "paired": cell_paired_differences(cell_root),
-                    "agreement": cell_agreement(cell_root),
+                    "paired": cell_paired_differences(record_dir),
+                    "agreement": cell_agreement(record_dir),
                 }
             )
     rows = summarise(cells, "internal") + summarise(cells, "external")
@@ -364,8 +452,11 @@ def run_study(
         "of the difference on the regime (negative: the gain shrinks as causes separate).",
         "regimes": [float(r) for r in regimes],
         "seeds": [int(s) for s in seeds],
+        "settings_fingerprint": fingerprint,
+        "cells_planned": len(regimes) * len(seeds),
+        "cells_missing": missing,
         "rows": rows,
-        "primary": primary_result(rows, trend_rows, plan),
+        "primary": primary_result(rows, trend_rows, plan, missing),
         "trends": trend_rows,
         "agreement": agreement_by_regime(cells),
         "cells": cells,

@@ -216,7 +216,7 @@ def test_results_markdown_and_plots(tmp_path: Path) -> None:
     text = results_markdown(evaluation, PAPER_AUC, study, provenance)
     assert "pooled gain at regime 0 +0.041 [-0.010, +0.093], 95% CI above 0: **no**" in text
     assert "trend not run" in text and "p < 0.05: **not run**" in text
-    assert "Both hold: **no**" in text
+    assert "Both hold on the whole planned sweep: **no**" in text
     ours = evaluation["internal"]["jepa"]
     assert f"| {ours['auc']:.3f} | [{ours['ci'][0]:.3f}, {ours['ci'][1]:.3f}] |" in text
     assert "| 0.91 |" in text and "not reported" in text  # paper column, labelled

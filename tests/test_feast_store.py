@@ -185,6 +185,38 @@ def test_online_features_equal_historical_at_materialisation(world: dict) -> Non
     assert all(v.most_recent_end_time is not None for v in views.values())
 
 
+def test_clinical_views_expire_after_the_ttl_and_demographics_never_do(
+    world: dict, tmp_path: Path
+) -> None:
+    """features.ttl_days: a scan more than ttl after a patient's latest clinical snapshot gets
+    no clinical history (NaN, so the model sees it as unrecorded) but keeps its demographics."""
+    from feature_repo.definitions import source_path
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(world["data_dir"] / "feast" / "sources", data_dir / "feast" / "sources")
+    short = open_store(REPO_DIR, data_dir)
+    apply_definitions(short, data_dir, ttl_days=30, n_signatures=N_SIG)
+    history = pd.read_parquet(source_path(data_dir, CLINICAL_HISTORY))
+    a = world["A"]
+    last = history.loc[history["patient_id"] == a, "event_timestamp"].max()
+    entity = pd.DataFrame(
+        {"patient_id": [a, a], "event_timestamp": [last + pd.Timedelta(days=d) for d in (10, 40)]}
+    )
+    names = [*CLINICAL_HISTORY_FEATURES, *SIGNATURES]
+    within, expired = historical_features(short, entity).itertuples(index=False)
+    long_ttl = historical_features(world["store"], entity)
+    assert not pd.isna([getattr(within, n) for n in names]).any()
+    assert pd.isna([getattr(expired, n) for n in names]).all()
+    assert expired.birth_reference_day == _mid_year(1955) and expired.sex_female == 1
+    # the product's ttl (ten years) keeps the same snapshot for both scans
+    for row in (0, 1):
+        np.testing.assert_allclose(
+            long_ttl.iloc[row][names].astype(float),
+            pd.Series(within._asdict())[names].astype(float),
+            rtol=1e-6,
+        )
+
+
 def test_write_sources_rejects_naive_timestamps(world: dict, tmp_path: Path) -> None:
     table = pd.DataFrame(
         {"patient_id": ["P1"], "event_timestamp": [pd.Timestamp("2020-01-01")], "cohort": ["x"]}

@@ -23,7 +23,6 @@ from models.finetune import (
     save_model,
     stratified_patient_split,
 )
-from models.schedules import cosine, linear, warmup_cosine
 
 N_EHR = 6
 CONFIG = EncoderConfig(n_ehr_features=N_EHR, crop_size_vox=16, embed_dim=32, depth=2, heads=4)
@@ -170,13 +169,3 @@ def test_save_load_round_trip_is_exact(cohort, tmp_path: Path) -> None:
         predict_proba(model, cohort["val"]), predict_proba(loaded, cohort["val"])
     )
     assert not list(tmp_path.glob(".*.tmp"))
-
-
-def test_schedules() -> None:
-    values = [warmup_cosine(s, 100, 10, peak=1.0) for s in range(100)]
-    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(values[9:], values[10:], strict=False))
-    assert warmup_cosine(200, 100, 10, peak=1.0, final=0.01) == pytest.approx(0.01)
-    assert cosine(0, 10, 0.04, 0.2) == pytest.approx(0.04)
-    assert cosine(10, 10, 0.04, 0.2) == pytest.approx(0.2)
-    assert linear(5, 10, 0.996, 1.0) == pytest.approx(0.998)

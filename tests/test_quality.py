@@ -342,6 +342,47 @@ def test_examples_ehr_must_be_each_scans_own_point_in_time_ehr(
     assert failure.examples[0]["patient_id"] == str(arrays["patient_id"][row])
 
 
+def test_cohort_drift_asset_records_every_signal_beside_the_models_it_compared(
+    tiny_pipeline: tuple,
+) -> None:
+    """What `cohort_drift` leaves for users: the report and drift.json under metrics/drift,
+    a record next to the run's own models, and metadata that agree; the overall severity is
+    the worst tested feature's, the errors are exactly the ERROR features, and the JEPA
+    signals (embeddings, the predictor's cross-modal error ratios) are present."""
+    import json
+
+    from cohorts.quality.drift import SEVERITY_RANK, SKIPPED
+
+    root, _, result = tiny_pipeline
+    assert result.success
+    (materialisation,) = result.asset_materializations_for_node("cohort_drift")
+    meta = {k: v.value for k, v in materialisation.metadata.items()}
+    report = json.loads((root / "metrics" / "drift" / "drift.json").read_text())
+    features = report["features"]
+    assert {f["group"] for f in features} == {"ehr", "image", "embedding", "cross_modal"}
+    tested = [f["severity"] for f in features if f["severity"] != SKIPPED]
+    worst = max(tested, key=SEVERITY_RANK.__getitem__) if tested else SKIPPED
+    assert report["severity"] == meta["severity"] == worst
+    (models,) = result.asset_materializations_for_node("diagnostic_models")
+    version = models.metadata["version"].value
+    assert meta["models_version"] == version
+    record = json.loads((root / "artifacts" / "models" / version / "drift.json").read_text())
+    assert record["severity"] == worst
+    assert record["errors"] == [
+        f"{f['group']}/{f['feature']}" for f in features if f["severity"] == ERROR
+    ]
+    for group, counts in record["counts"].items():
+        for severity, count in counts.items():
+            assert count == sum(f["group"] == group and f["severity"] == severity for f in features)
+    for name in ("ehr_from_image_error_ratio", "image_from_ehr_error_ratio"):
+        assert np.isfinite(record[name]) and record[name] > 0
+        assert meta[name] == pytest.approx(record[name])
+    (encoder,) = result.asset_materializations_for_node("jepa_encoder")
+    assert record["encoder_version"] == encoder.metadata["version"].value
+    text = Path(meta["report"]).read_text()
+    assert f"Overall severity: **{worst}**" in text and meta["report_md"] == text
+
+
 # --- drift statistics -------------------------------------------------------------------------
 
 

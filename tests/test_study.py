@@ -64,29 +64,41 @@ def test_each_cell_gets_its_own_folders_and_generator_settings(tmp_path) -> None
     assert config["resources"]["paths"]["config"]["data_dir"] == str(tmp_path / "cell" / "data")
 
 
-def test_run_study_runs_each_cell_once_resumes_and_summarises_the_cells_own_predictions(
+def test_run_study_runs_each_cell_once_resumes_from_its_record_and_summarises_its_predictions(
     tmp_path,
 ) -> None:
     """The driver on the tiny profile: one cell is a real pipeline run up to evaluation; its
     row is the paired DeLong difference of the predictions the cell saved (one seed: the
-    pooled value is that cell's); a second call resumes from the cell's marker and runs
-    nothing."""
+    pooled value is that cell's). The cell's record under metrics/study/ is all a rerun
+    needs: with the cell's data folder deleted, a second call runs nothing and gives the same
+    summary; `summarise` only lists the cells not yet run, and a record measured under other
+    settings is refused, never pooled."""
+    import shutil
+
     import dagster as dg
     import pandas as pd
 
     from models.evaluation import delong_test
     from models.protocol import predictions_from_frame
-    from orchestration.study import CELL_MARKER, run_study
+    from orchestration.study import CELL_MARKER, PREDICTIONS, run_study, settings_fingerprint
 
+    metrics = tmp_path / "metrics"
     (tmp_path / "home").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
-        study = run_study(tmp_path / "cells", tmp_path / "metrics", [0.0], [0], instance)
+        study = run_study(tmp_path / "cells", metrics, [0.0], [0], instance)
         assert len(instance.get_run_records()) == 1
         cell = tmp_path / "cells" / "regime0_seed0"
-        assert (cell / CELL_MARKER).is_file()
         latest = json.loads((cell / "artifacts" / "models" / "latest.json").read_text())
-        frame = pd.read_parquet(cell / "artifacts" / latest["path"] / "predictions.parquet")
-        labels, predictions = predictions_from_frame(frame)
+        saved = cell / "artifacts" / latest["path"] / PREDICTIONS
+        record = metrics / "study" / "regime0_seed0"
+        assert (record / PREDICTIONS).read_bytes() == saved.read_bytes()
+        marker = json.loads((record / CELL_MARKER).read_text())
+        assert (
+            marker["settings_fingerprint"]
+            == settings_fingerprint()
+            == study["settings_fingerprint"]
+        )
+        labels, predictions = predictions_from_frame(pd.read_parquet(saved))
         test = delong_test(
             labels["internal"],
             predictions["internal"]["jepa"],
@@ -100,13 +112,22 @@ def test_run_study_runs_each_cell_once_resumes_and_summarises_the_cells_own_pred
         assert row["pooled_difference"] == pytest.approx(test.diff, abs=1e-12)
         assert row["n_seeds"] == 1 and row["test_patients_per_cell"] == labels["internal"].size
         assert study["trends"] == []  # one regime: no slope to fit
-        again = run_study(tmp_path / "cells", tmp_path / "metrics", [0.0], [0], instance)
+        assert study["cells_missing"] == [] and study["primary"]["complete"]
+        shutil.rmtree(tmp_path / "cells")  # the bulky data: the record is enough
+        again = run_study(tmp_path / "cells", metrics, [0.0], [0], instance)
         assert len(instance.get_run_records()) == 1  # resumed: the finished cell is not rerun
         rows = json.dumps(study["rows"], sort_keys=True)  # as text: NaN == NaN
         assert json.dumps(again["rows"], sort_keys=True) == rows
-    saved = json.loads((tmp_path / "metrics" / "study.json").read_text())
-    assert json.dumps(saved["rows"], sort_keys=True) == rows
-    assert (tmp_path / "metrics" / "study.png").is_file()
+        partial = run_study(tmp_path / "cells", metrics, [0.0, 1.0], [0], instance, None, False)
+        assert len(instance.get_run_records()) == 1  # summarise only: nothing ran
+        assert partial["cells_missing"] == ["regime1_seed0"] and partial["cells_planned"] == 2
+        assert not partial["primary"]["complete"] and not partial["primary"]["met"]
+        (record / CELL_MARKER).write_text(json.dumps({**marker, "settings_fingerprint": "other"}))
+        with pytest.raises(ValueError, match="regime0_seed0.*ran under settings other"):
+            run_study(tmp_path / "cells", metrics, [0.0], [0], instance)
+    saved_study = json.loads((metrics / "study.json").read_text())
+    assert saved_study["cells_missing"] == ["regime1_seed0"]
+    assert (metrics / "study.png").is_file()
 
 
 def test_the_pre_registered_verdict_is_read_off_the_rows_and_an_unrun_half_never_passes() -> None:
@@ -145,3 +166,16 @@ def test_the_study_settings_come_from_params_and_name_models_the_protocol_trains
     assert len(plan.regimes) >= 4 and len(plan.seeds) >= 5
     assert plan.regime in plan.regimes
     assert (plan.model, plan.versus) in COMPARISONS
+
+
+def test_the_settings_fingerprint_ignores_seed_and_regime_and_sees_the_method() -> None:
+    from orchestration.params import params
+    from orchestration.study import settings_fingerprint
+
+    base = params()
+    other_cell = {**base, "synth": {**base["synth"], "seed": 99, "regime": 1.0}}
+    assert settings_fingerprint(other_cell) == settings_fingerprint(base)
+    longer = {**base, "pretrain": {**base["pretrain"], "epochs": base["pretrain"]["epochs"] + 1}}
+    assert settings_fingerprint(longer) != settings_fingerprint(base)
+    bigger = {**base, "synth": {**base["synth"], "n_archive": 1000}}
+    assert settings_fingerprint(bigger) != settings_fingerprint(base)

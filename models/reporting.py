@@ -40,7 +40,9 @@ CALIBRATION_MODELS: tuple[str, ...] = ("jepa", "multimodal", "imaging_only", "cl
 NON_COHORT_KEYS: tuple[str, ...] = ("delong", "comparisons", "label_efficiency", "protocol")
 """Top-level keys of evaluation.json that are not cohorts."""
 COHORT_LABELS: dict[str, str] = {"internal": "Internal cohort", "external": "External cohort"}
-REQUIRED_PROVENANCE: tuple[str, ...] = ("command", "data_version", "encoder_version", "date")
+REQUIRED_PROVENANCE: tuple[str, ...] = (
+    "command", "data_version", "models_version", "encoder_version", "date",
+)  # fmt: skip
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -194,8 +196,8 @@ def results_markdown(
     drift: the cohort_drift summary (drift.json next to the model card); when given, a
     section sets its signals beside each model's measured internal -> external AUC change.
 
-    provenance must give command (that regenerates the file), data_version,
-    encoder_version and date; further keys are listed as they are. The paper's numbers
+    provenance must give command (that regenerates the file), data_version (the cohort
+    manifests' content versions), models_version, encoder_version and date; further keys are listed as they are. The paper's numbers
     sit in their own labelled column and are never used in any computation.
     """
     missing = [k for k in REQUIRED_PROVENANCE if k not in provenance]
@@ -214,7 +216,8 @@ def results_markdown(
         "",
         "## Provenance",
         "",
-        f"- data version: `{provenance['data_version']}`",
+        f"- data version (cohort manifests): `{provenance['data_version']}`",
+        f"- models version: `{provenance['models_version']}`",
         f"- encoder version: `{provenance['encoder_version']}`",
         f"- date: {provenance['date']}",
     ]

@@ -18,7 +18,7 @@ import hashlib
 import json
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from cohorts.files import atomic_output, atomic_write_json
+from cohorts.synthetic import preset_config
 from models.evaluation import delong_test, rank_agreement
 from models.meta_analysis import random_effects_mean, random_effects_slope
 from models.protocol import predictions_from_frame
@@ -206,7 +207,12 @@ def settings_fingerprint(settings: dict[str, Any] | None = None) -> str:
     """
     settings = params() if settings is None else settings
     measured = {name: settings[name] for name in MEASURED_SECTIONS}
-    measured["synth"] = {k: v for k, v in measured["synth"].items() if k not in ("seed", "regime")}
+    synth = measured["synth"]
+    sizes = {k: synth[k] for k in ("n_archive", "n_internal", "n_external") if synth.get(k)}
+    generator = asdict(preset_config(synth["preset"], **sizes))  # the preset's sizes and rates
+    measured["synth"] = {
+        k: v for k, v in generator.items() if k not in ("seed", "regime", "workers")
+    }
     text = json.dumps(measured, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 

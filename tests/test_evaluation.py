@@ -190,7 +190,8 @@ def test_results_markdown_and_plots(tmp_path: Path) -> None:
     evaluation = combine_cohort_results(per_cohort)
     provenance = {
         "command": "lungjepa report",
-        "data_version": "d123",
+        "data_version": "internal d123",
+        "models_version": "m789",
         "encoder_version": "e456",
         "date": "2026-11-28",
         "bootstrap_replicates": 100,
@@ -220,7 +221,8 @@ def test_results_markdown_and_plots(tmp_path: Path) -> None:
     ours = evaluation["internal"]["jepa"]
     assert f"| {ours['auc']:.3f} | [{ours['ci'][0]:.3f}, {ours['ci'][1]:.3f}] |" in text
     assert "| 0.91 |" in text and "not reported" in text  # paper column, labelled
-    assert "lungjepa report" in text and "d123" in text and "e456" in text
+    assert "lungjepa report" in text and "`internal d123`" in text and "e456" in text
+    assert "- models version: `m789`" in text
     assert "`jepa_vs_imaging_only`" in text and "0.812" in text
     assert "meta-regression slope" in text and "-0.234" in text
     assert "How alike" not in text
@@ -343,7 +345,13 @@ def test_results_markdown_reports_protocol_comparisons_curve_and_ablation(tmp_pa
     ablation = {"note": "same folds", "provenance": "lungjepa ablation (3 s)", "rows": [
         {"readout": "mean", "patch_stem": "linear", "model": "imaging_only", "auc": 0.7512,
          "ci": [0.65, 0.84], "n": 150, "external_auc": 0.6, "seconds_per_fold": 12.34}]}  # fmt: skip
-    provenance = {"command": "c", "data_version": "d", "encoder_version": "e", "date": "t"}
+    provenance = {
+        "command": "c",
+        "data_version": "d",
+        "models_version": "m",
+        "encoder_version": "e",
+        "date": "t",
+    }
     pretrain_ablation = {"note": "one change each", "provenance": "lungjepa ablation --pretrain",
         "rows": [{"variant": "no_tube", "overrides": {"mask_tube": False}, "model": "jepa",
                   "auc": 0.8123, "ci": [0.7, 0.9], "n": 150, "external_auc": 0.8,

@@ -101,7 +101,17 @@ def test_outputs_follow_the_contracts(pipeline) -> None:
     examples = np.load(root / "data" / "examples" / "internal.npz", allow_pickle=False)
     assert examples["crops_hu"].dtype == np.int16
     assert set(np.unique(examples["label"])) <= {0, 1}
-    assert (root / "RESULTS.md").read_text().startswith("#")
+    results = (root / "RESULTS.md").read_text()
+    assert results.startswith("# Results")
+    # provenance names what the numbers came from: the cohorts' content versions (the
+    # manifests training_examples wrote), the models and the encoder those models were built on
+    manifests = json.loads((root / "data" / "examples" / "manifests.json").read_text())
+    data_version = ", ".join(f"{c} {m['version']}" for c, m in sorted(manifests.items()))
+    assert f"- data version (cohort manifests): `{data_version}`" in results
+    latest = json.loads((root / "artifacts" / "models" / "latest.json").read_text())
+    assert f"- models version: `{latest['version']}`" in results
+    models_card = json.loads((root / "artifacts" / latest["path"] / "card.json").read_text())
+    assert f"- encoder version: `{models_card['encoder_version']}`" in results
 
 
 def test_reported_aucs_are_those_of_the_saved_predictions_of_exactly_the_test_patients(

@@ -232,10 +232,15 @@ def evaluation(
         png = metrics / "label_efficiency.png"
         plot_label_efficiency(evaluation_json["label_efficiency"], png)
         metadata["label_efficiency"] = image_markdown(png, "Label efficiency (internal, OOF)")
-    encoder_version = json.loads((folder / "card.json").read_text())["encoder_version"]
+    card = json.loads((folder / "card.json").read_text())
+    encoder_version = card["encoder_version"]
+    manifests = card.get("cohort_manifests", {})
     provenance = {
         "command": "make demo (or: lungjepa materialize --select evaluation)",
-        "data_version": version,
+        # the content versions of the cohorts the models were trained and tested on
+        "data_version": ", ".join(f"{c} {m['version']}" for c, m in sorted(manifests.items()))
+        or "not recorded",
+        "models_version": version,
         "encoder_version": encoder_version,
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }

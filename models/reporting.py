@@ -84,20 +84,16 @@ def _delong_table(comparisons: Mapping[str, float]) -> str:
     return "\n".join(lines)
 
 
-# JSON files keep keys sorted; the table reads better in this order.
-STUDY_COLUMN_ORDER: tuple[str, ...] = (
-    "cohort",
-    "regime",
-    "comparison",
-    "pooled_difference",
-    "pooled_ci_low",
-    "pooled_ci_high",
-    "pooled_p",
-    "n_seeds",
+# The study is its own experiment with its own command and document; RESULTS.md points at it
+# rather than copying its numbers (which a demo run would otherwise have to refresh).
+STUDY_POINTER = (
+    "## Synthetic study\n\n"
+    "The paper's synthetic experiment (when does JEPA pretraining help?) is reported in "
+    "[docs/STUDY.md](STUDY.md), written by `lungjepa --profile study study` from its own runs."
 )
 
 
-def _table(rows: list[Mapping[str, Any]], leading: Sequence[str]) -> list[str]:
+def markdown_table(rows: list[Mapping[str, Any]], leading: Sequence[str]) -> list[str]:
     """Markdown table of dict rows, `leading` columns first, floats rounded."""
     frame = pd.DataFrame(rows)
     first = [c for c in leading if c in frame.columns]
@@ -111,70 +107,9 @@ def _table(rows: list[Mapping[str, Any]], leading: Sequence[str]) -> list[str]:
     return [header, rule, *body]
 
 
-def _study_primary(primary: Mapping[str, Any]) -> str:
-    """One paragraph: the pre-registered test (params.yaml `study.primary`) and its verdict."""
-
-    def verdict(value: bool | None) -> str:
-        return "not run" if value is None else ("yes" if value else "no")
-
-    gain = (
-        "not run"
-        if primary.get("gain") is None
-        else f"{primary['gain']:+.3f} [{primary['gain_ci'][0]:+.3f}, {primary['gain_ci'][1]:+.3f}]"
-    )
-    slope = (
-        "not run"
-        if primary.get("slope") is None
-        else f"{primary['slope']:+.3f} per unit regime, p = {primary['slope_p']:.3g}"
-    )
-    return (
-        f"**Pre-registered test** (params.yaml `study.primary`, {primary['cohort']}, "
-        f"`{primary['comparison']}`): pooled gain at regime {primary['regime']:g} {gain}, "
-        f"95% CI above 0: **{verdict(primary.get('gain_ci_above_zero'))}**; trend {slope}, "
-        f"negative with p < {primary['alpha']:g}: "
-        f"**{verdict(primary.get('slope_negative_significant'))}**. "
-        f"Both hold on the whole planned sweep: **{'yes' if primary.get('met') else 'no'}**."
-    )
-
-
-def _study_section(study: Mapping[str, Any]) -> str:
-    """Synthetic study: `{"title"?, "note"?, "rows": [...], "trends"?: [...]}` as tables."""
-    rows = list(study.get("rows", []))
-    parts = [f"## {study.get('title', 'Synthetic study')}", ""]
-    if study.get("note"):
-        parts += [str(study["note"]), ""]
-    if not rows:
-        return "\n".join([*parts, "No study rows were produced."])
-    if study.get("cells_missing"):
-        missing = list(study["cells_missing"])
-        done = int(study["cells_planned"]) - len(missing)
-        parts += [
-            f"**Provisional: {done} of {study['cells_planned']} planned cells have run** "
-            f"(not yet: {', '.join(missing)}). Rerun `lungjepa --profile study study` to "
-            "run the rest; finished cells are kept in metrics/study/.",
-            "",
-        ]
-    if study.get("primary"):
-        parts += [_study_primary(study["primary"]), ""]
-    parts += _table(rows, STUDY_COLUMN_ORDER)
-    if study.get("trends"):
-        parts += ["", "### Trend over the regime (meta-regression slope)", ""]
-        parts += _table(list(study["trends"]), ("cohort", "comparison"))
-    if study.get("agreement"):
-        parts += [
-            "",
-            "### How alike the models rank patients, by regime (Spearman, internal test, "
-            "mean over seeds)",
-            "",
-        ]
-        parts += _table(list(study["agreement"]), ("regime",))
-    return "\n".join(parts)
-
-
 def results_markdown(
     evaluation: Mapping[str, Any],
     paper_table: Mapping[str, Mapping[str, float]],
-    study: Mapping[str, Any] | None,
     provenance: Mapping[str, Any],
     drift: Mapping[str, Any] | None = None,
     agreement: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
@@ -267,8 +202,7 @@ def results_markdown(
         out += ["", _agreement_section(agreement)]
     if drift is not None and {"internal", "external"} <= set(cohorts):
         out += ["", _drift_section(drift, evaluation)]
-    if study is not None:
-        out += ["", _study_section(study)]
+    out += ["", STUDY_POINTER]
     return "\n".join(out) + "\n"
 
 

@@ -221,6 +221,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         _instance(),
         plan,
         run_missing=not args.summarise,
+        document=REPO_ROOT / "docs" / "STUDY.md",
     )
     if study["cells_missing"]:
         print(f"not run yet ({len(study['cells_missing'])}): {', '.join(study['cells_missing'])}")

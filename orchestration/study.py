@@ -33,10 +33,12 @@ from cohorts.synthetic import preset_config
 from models.evaluation import delong_test, rank_agreement
 from models.meta_analysis import random_effects_mean, random_effects_slope
 from models.protocol import predictions_from_frame
+from models.study_report import study_markdown
 from orchestration.params import params, section
 from orchestration.resources import PipelinePaths, resources_under
 
 CELL_MARKER = "cell.json"  # written last by a finished cell; its presence makes a rerun skip it
+STUDY_COMMAND = "lungjepa --profile study study"
 RECORDS_SUBDIR = "study"  # metrics/study/<cell>/: the durable record of each finished cell
 PREDICTIONS = "predictions.parquet"
 # the params.yaml sections that decide what a cell measures (paths and the gate do not)
@@ -399,18 +401,21 @@ def run_study(
     instance: dg.DagsterInstance,
     plan: StudySettings | None = None,
     run_missing: bool = True,
+    document: Path | None = None,
 ) -> dict[str, Any]:
     """Run every (regime, seed) cell under ``root`` and write metrics/study.json + study.png.
 
     A cell with a record under metrics/study/ is not run again, nor is one whose data folder
     under ``root`` holds a finished cell (its record is written from it). ``run_missing``
     False summarises the finished cells only; the missing ones are listed in study.json and
-    the pre-registered test is not met until every planned cell has run.
+    the pre-registered test is not met until every planned cell has run. ``document``:
+    where to write the study's markdown (docs/STUDY.md from the CLI).
     """
     fingerprint = settings_fingerprint()
     cells, missing = [], []
-    for regime in regimes:
-        for seed in seeds:
+    # seed by seed, every regime each time: a sweep stopped part-way still spans the regimes
+    for seed in seeds:
+        for regime in regimes:
             name = cell_name(regime, seed)
             cell_root, record_dir = root / name, metrics_dir / RECORDS_SUBDIR / name
             cell = read_record(record_dir, fingerprint)
@@ -469,4 +474,7 @@ def run_study(
     }
     atomic_write_json(metrics_dir / "study.json", study)
     plot_study([r for r in rows if r["cohort"] == "internal"], metrics_dir / "study.png")
+    if document is not None:
+        with atomic_output(document) as tmp:
+            tmp.write_text(study_markdown(study, STUDY_COMMAND))
     return study

@@ -26,10 +26,7 @@ from models.evaluation import (
     roc_curve_points,
 )
 from models.figures import plot_label_efficiency, plot_reliability, plot_roc
-from models.reporting import (
-    PAPER_AUC,
-    results_markdown,
-)
+from models.reporting import PAPER_AUC, STUDY_POINTER, results_markdown
 
 
 def _labels_and_scores(n: int, seed: int, signal: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -196,46 +193,25 @@ def test_results_markdown_and_plots(tmp_path: Path) -> None:
         "date": "2026-11-28",
         "bootstrap_replicates": 100,
     }
-    study = {
-        "title": "Synthetic study",
-        "rows": [{"regime": 0.0, "jepa": 0.8123}],
-        "trends": [{"comparison": "jepa - multimodal", "slope_per_unit_regime": -0.2345}],
-        "primary": {
-            "cohort": "internal",
-            "comparison": "jepa - multimodal",
-            "regime": 0.0,
-            "alpha": 0.05,
-            "gain": 0.0412,
-            "gain_ci": [-0.0101, 0.0931],
-            "gain_ci_above_zero": False,
-            "slope": None,
-            "slope_p": None,
-            "slope_negative_significant": None,
-            "met": False,
-        },
-    }
-    text = results_markdown(evaluation, PAPER_AUC, study, provenance)
-    assert "pooled gain at regime 0 +0.041 [-0.010, +0.093], 95% CI above 0: **no**" in text
-    assert "trend not run" in text and "p < 0.05: **not run**" in text
-    assert "Both hold on the whole planned sweep: **no**" in text
+    text = results_markdown(evaluation, PAPER_AUC, provenance)
+    assert text.rstrip().endswith(STUDY_POINTER)  # the study's numbers live in docs/STUDY.md
     ours = evaluation["internal"]["jepa"]
     assert f"| {ours['auc']:.3f} | [{ours['ci'][0]:.3f}, {ours['ci'][1]:.3f}] |" in text
     assert "| 0.91 |" in text and "not reported" in text  # paper column, labelled
     assert "lungjepa report" in text and "`internal d123`" in text and "e456" in text
     assert "- models version: `m789`" in text
-    assert "`jepa_vs_imaging_only`" in text and "0.812" in text
-    assert "meta-regression slope" in text and "-0.234" in text
+    assert "`jepa_vs_imaging_only`" in text
     assert "How alike" not in text
     agreement = {"internal": rank_agreement({"a": np.arange(5.0), "b": -np.arange(5.0)})}
-    with_agreement = results_markdown(evaluation, PAPER_AUC, None, provenance, None, agreement)
+    with_agreement = results_markdown(evaluation, PAPER_AUC, provenance, None, agreement)
     assert "| `a` | 1.000 | -1.000 |" in with_agreement
     probe = {"pretrained_auc": 0.71, "random_auc": 0.62, "pretrained_diameter_r2": 0.25,
              "random_diameter_r2": 0.4, "n_train": 70, "n_test": 30}  # fmt: skip
-    with_probe = results_markdown(evaluation, PAPER_AUC, None, provenance, probe=probe)
+    with_probe = results_markdown(evaluation, PAPER_AUC, provenance, probe=probe)
     assert "fitted on 70 internal patients" in with_probe
     assert "test R^2 of log diameter | 0.250 | 0.400 |" in with_probe
     with pytest.raises(KeyError, match="provenance"):
-        results_markdown(evaluation, PAPER_AUC, None, {"command": "x"})
+        results_markdown(evaluation, PAPER_AUC, {"command": "x"})
     assert "Drift signals" not in text
     drift = {
         "reference": "internal",
@@ -246,7 +222,7 @@ def test_results_markdown_and_plots(tmp_path: Path) -> None:
         "ehr_from_image_error_ratio": 1.25,
         "image_from_ehr_error_ratio": 0.9,
     }
-    with_drift = results_markdown(evaluation, PAPER_AUC, None, provenance, drift)
+    with_drift = results_markdown(evaluation, PAPER_AUC, provenance, drift)
     change = evaluation["external"]["jepa"]["auc"] - ours["auc"]
     assert "severity **ERROR**" in with_drift and "`ehr/emphysema`" in with_drift
     assert "| ehr | 1 | 2 | 5 |" in with_drift and "1.250" in with_drift
@@ -362,7 +338,7 @@ def test_results_markdown_reports_protocol_comparisons_curve_and_ablation(tmp_pa
                   "diameter_r2_centre": 0.83, "diameter_r2_mean": 0.39, "n_archive": 0,
                   "ema_target_to_init": None, "pretrain_seconds": 0.1}]}  # fmt: skip
     text = results_markdown(
-        evaluation, PAPER_AUC, None, provenance, ablation=ablation,
+        evaluation, PAPER_AUC, provenance, ablation=ablation,
         pretrain_ablation=pretrain_ablation,
         replicates=[{"seed": 4, "command": "lungjepa demo --seed 4 --out r4", "minutes": 14.2,
                      "evaluation": {**evaluation, "external": evaluation["internal"]}}],

@@ -118,8 +118,12 @@ def test_run_study_runs_each_cell_once_resumes_from_its_record_and_summarises_it
         assert len(instance.get_run_records()) == 1  # resumed: the finished cell is not rerun
         rows = json.dumps(study["rows"], sort_keys=True)  # as text: NaN == NaN
         assert json.dumps(again["rows"], sort_keys=True) == rows
-        partial = run_study(tmp_path / "cells", metrics, [0.0, 1.0], [0], instance, None, False)
+        document = tmp_path / "STUDY.md"
+        partial = run_study(
+            tmp_path / "cells", metrics, [0.0, 1.0], [0], instance, None, False, document
+        )
         assert len(instance.get_run_records()) == 1  # summarise only: nothing ran
+        assert "**Provisional: 1 of 2 planned cells have run**" in document.read_text()
         assert partial["cells_missing"] == ["regime1_seed0"] and partial["cells_planned"] == 2
         assert not partial["primary"]["complete"] and not partial["primary"]["met"]
         (record / CELL_MARKER).write_text(json.dumps({**marker, "settings_fingerprint": "other"}))

@@ -244,8 +244,6 @@ def evaluation(
         "encoder_version": encoder_version,
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
-    study_path = metrics / "study.json"
-    study = json.loads(study_path.read_text()) if study_path.exists() else None
     drift_path = folder / "drift.json"
     drift = json.loads(drift_path.read_text()) if drift_path.exists() else None
     agreement = {cohort: rank_agreement(predictions[cohort]) for cohort in labels}
@@ -258,7 +256,6 @@ def evaluation(
     markdown = results_markdown(
         evaluation_json,
         PAPER_AUC,
-        study,
         provenance,
         drift,
         agreement,

@@ -105,4 +105,4 @@ def study_markdown(study: Mapping[str, Any], command: str) -> str:
         "",
     ]
     body = study_section(study).split("\n", 1)[1].lstrip("\n")
-    return "\n".join(lines) + body + "\n"
+    return "\n".join(lines) + "\n" + body + "\n"

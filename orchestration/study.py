@@ -474,7 +474,8 @@ def run_study(
     }
     atomic_write_json(metrics_dir / "study.json", study)
     plot_study([r for r in rows if r["cohort"] == "internal"], metrics_dir / "study.png")
-    if document is not None:
+    if document is not None:  # rendered from the file as written, as anyone can rerender it
+        saved = json.loads((metrics_dir / "study.json").read_text())
         with atomic_output(document) as tmp:
-            tmp.write_text(study_markdown(study, STUDY_COMMAND))
+            tmp.write_text(study_markdown(saved, STUDY_COMMAND))
     return study

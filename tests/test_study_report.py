@@ -35,7 +35,8 @@ def test_study_markdown_states_the_verdict_the_sweep_and_what_has_not_run() -> N
     assert text.startswith("# Synthetic study\n")
     assert "```\nlungjepa --profile study study\n```" in text
     assert "regimes: 0, 1; generator seeds: 10, 11" in text
-    assert "cells finished: 2 of 4; settings fingerprint `abc123`\n\n" in text
+    assert "cells finished: 2 of 4; settings fingerprint `abc123`\n" in text
+    assert "the plot: metrics/study.png\n\n**Provisional" in text
     assert "**Provisional: 2 of 4 planned cells have run** (not yet: regime1_seed10, " in text
     assert "pooled gain at regime 0 +0.041 [-0.010, +0.093], 95% CI above 0: **no**" in text
     assert "trend not run" in text and "p < 0.05: **not run**" in text

@@ -203,9 +203,10 @@ def cmd_curate(args: argparse.Namespace) -> int:
 
 def cmd_study(args: argparse.Namespace) -> int:
     """The synthetic sweep; use it with `--profile study` (the sizes one cell should have)."""
-    from orchestration.study import StudySettings, run_study
+    from models.study import StudySettings
+    from orchestration.study import run_study
 
-    plan = StudySettings.from_params()
+    plan = StudySettings.from_params(section("study"))
     regimes, seeds = list(plan.regimes), list(plan.seeds)
     if args.regimes:
         regimes = [float(r) for r in args.regimes.split(",")]

@@ -3,8 +3,8 @@
 Each cell of the sweep (causal regime x seed) is one ordinary run of the full_pipeline job on
 its own data folder, with only the generator's regime and seed changed, so the study measures
 exactly the product people run (and every cell shows in the Dagster UI, tagged). The
-aggregate, JEPA minus from-scratch multimodal AUC per regime with a CI over seeds, goes to
-metrics/study.json and a plot.
+aggregate (models/study.py), JEPA minus from-scratch multimodal AUC per regime with a CI
+over seeds, goes to metrics/study.json, a plot and docs/STUDY.md.
 
 A finished cell leaves a small durable record, metrics/study/<cell>/{cell.json,
 predictions.parquet}: its evaluation, the out-of-fold and external predictions and the
@@ -18,21 +18,27 @@ import hashlib
 import json
 import shutil
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
-from scipy import stats
 
 from cohorts.files import atomic_output, atomic_write_json
 from cohorts.synthetic import preset_config
 from models.evaluation import delong_test, rank_agreement
-from models.meta_analysis import random_effects_mean, random_effects_slope
 from models.protocol import predictions_from_frame
+from models.study import (
+    AGREEMENT,
+    COMPARISONS,
+    StudySettings,
+    agreement_by_regime,
+    plot_study,
+    primary_result,
+    summarise,
+    trends,
+)
 from models.study_report import study_markdown
 from orchestration.params import params, section
 from orchestration.resources import PipelinePaths, resources_under
@@ -45,106 +51,6 @@ PREDICTIONS = "predictions.parquet"
 MEASURED_SECTIONS: tuple[str, ...] = (
     "synth", "curate", "privacy", "features", "examples", "pretrain", "finetune", "evaluate",
 )  # fmt: skip
-COMPARISONS: tuple[tuple[str, str], ...] = (
-    ("jepa", "multimodal"),
-    ("jepa", "imaging_only"),
-    ("jepa_probe", "multimodal"),
-)
-AGREEMENT: tuple[tuple[str, str], ...] = (
-    ("jepa", "multimodal"),  # did finetuning leave the pretrained start behind?
-    ("multimodal", "clinical_refit"),  # does the multimodal model lean on the EHR?
-    ("multimodal", "clinical_brock"),  # ... or on nodule size, as Brock does?
-    ("jepa_probe", "clinical_refit"),  # what the frozen pretrained features carry
-    ("jepa_probe", "clinical_brock"),
-)
-
-
-@dataclass(frozen=True)
-class StudySettings:
-    """params.yaml `study`: the sweep and its pre-registered primary test.
-
-    The primary test is fixed before the first run of the protocol: at ``regime`` the pooled
-    internal gain ``model - versus`` must have a 95% CI above 0, and the meta-regression slope
-    of that gain over the regime must be negative with p < ``alpha``.
-    """
-
-    regimes: tuple[float, ...]
-    seeds: tuple[int, ...]
-    cohort: str
-    model: str
-    versus: str
-    regime: float
-    alpha: float
-
-    @classmethod
-    def from_params(cls) -> "StudySettings":
-        study = section("study")
-        primary = study["primary"]
-        return cls(
-            regimes=tuple(float(r) for r in study["regimes"]),
-            seeds=tuple(int(s) for s in study["seeds"]),
-            cohort=str(primary["cohort"]),
-            model=str(primary["model"]),
-            versus=str(primary["versus"]),
-            regime=float(primary["regime"]),
-            alpha=float(study["alpha"]),
-        )
-
-    @property
-    def comparison(self) -> str:
-        return f"{self.model} - {self.versus}"
-
-
-def primary_result(
-    rows: Sequence[dict[str, Any]],
-    trend_rows: Sequence[dict[str, Any]],
-    plan: StudySettings,
-    missing: Sequence[str] = (),
-) -> dict[str, Any]:
-    """The pre-registered verdict, read off the pooled rows and trends (never set by hand).
-
-    ``met`` is True only when both halves hold on the whole planned sweep: a half whose row is
-    missing (the regime or a second regime was not run) is None, and with ``missing`` cells
-    the verdict is provisional and never a pass.
-    """
-    gain = next(
-        (
-            r
-            for r in rows
-            if r["cohort"] == plan.cohort
-            and r["comparison"] == plan.comparison
-            and np.isclose(r["regime"], plan.regime)
-        ),
-        None,
-    )
-    trend = next(
-        (
-            t
-            for t in trend_rows
-            if t["cohort"] == plan.cohort and t["comparison"] == plan.comparison
-        ),
-        None,
-    )
-    gain_holds = None if gain is None else bool(gain["pooled_ci_low"] > 0.0)
-    slope_holds = (
-        None
-        if trend is None
-        else bool(trend["slope_per_unit_regime"] < 0.0 and trend["p_value"] < plan.alpha)
-    )
-    return {
-        "cohort": plan.cohort,
-        "comparison": plan.comparison,
-        "regime": plan.regime,
-        "alpha": plan.alpha,
-        "gain": None if gain is None else gain["pooled_difference"],
-        "gain_ci": None if gain is None else [gain["pooled_ci_low"], gain["pooled_ci_high"]],
-        "gain_ci_above_zero": gain_holds,
-        "slope": None if trend is None else trend["slope_per_unit_regime"],
-        "slope_p": None if trend is None else trend["p_value"],
-        "slope_negative_significant": slope_holds,
-        "complete": not missing,
-        "met": bool(gain_holds and slope_holds and not missing),
-    }
 
 
 def cell_run_config(root: Path, regime: float, seed: int) -> dict[str, Any]:
@@ -274,125 +180,6 @@ def cell_paired_differences(record_dir: Path) -> dict[str, dict[str, dict[str, f
     return paired
 
 
-def _t_interval(values: np.ndarray) -> tuple[float, float]:
-    if values.size < 2:  # one seed: no interval, not a made-up one
-        return float("nan"), float("nan")
-    half = float(stats.t.ppf(0.975, values.size - 1) * values.std(ddof=1) / np.sqrt(values.size))
-    return float(values.mean()) - half, float(values.mean()) + half
-
-
-def summarise(cells: list[dict[str, Any]], cohort: str = "internal") -> list[dict[str, Any]]:
-    """Per regime and comparison: the random-effects pooled AUC difference over seeds.
-
-    Each cell contributes its paired DeLong difference weighted by 1 / (variance + tau^2);
-    the plain mean over seeds with its t-interval is kept beside it for comparison.
-    """
-    rows = []
-    for regime in sorted({c["regime"] for c in cells}):
-        at_regime = [c for c in cells if c["regime"] == regime]
-        for ours, other in COMPARISONS:
-            name = f"{ours} - {other}"
-            found = [c["paired"][cohort][name] for c in at_regime if name in c["paired"][cohort]]
-            if not found:
-                continue
-            diffs = np.array([f["difference"] for f in found])
-            pooled = random_effects_mean(diffs, [f["variance"] for f in found])
-            t_low, t_high = _t_interval(diffs)
-            rows.append(
-                {
-                    "cohort": cohort,
-                    "regime": regime,
-                    "comparison": name,
-                    "pooled_difference": pooled.estimate,
-                    "pooled_ci_low": pooled.ci_low,
-                    "pooled_ci_high": pooled.ci_high,
-                    "pooled_p": pooled.p_value,
-                    "tau2": pooled.tau2,
-                    "seed_mean": float(diffs.mean()),
-                    "seed_t_ci_low": t_low,
-                    "seed_t_ci_high": t_high,
-                    "n_seeds": int(diffs.size),
-                    "test_patients_per_cell": float(np.mean([f["n"] for f in found])),
-                }
-            )
-    return rows
-
-
-def trends(cells: list[dict[str, Any]], cohort: str = "internal") -> list[dict[str, Any]]:
-    """Per comparison: change of the AUC difference from regime 0 to 1 (meta-regression slope).
-
-    This is the study's question in one number: a negative slope means JEPA's advantage
-    shrinks as the label's causes become modality-specific.
-    """
-    rows = []
-    for ours, other in COMPARISONS:
-        name = f"{ours} - {other}"
-        found = [
-            (c["regime"], c["paired"][cohort][name]) for c in cells if name in c["paired"][cohort]
-        ]
-        if len({regime for regime, _ in found}) < 2:
-            continue
-        slope = random_effects_slope(
-            [regime for regime, _ in found],
-            [f["difference"] for _, f in found],
-            [f["variance"] for _, f in found],
-        )
-        rows.append(
-            {
-                "cohort": cohort,
-                "comparison": name,
-                "slope_per_unit_regime": slope.estimate,
-                "ci_low": slope.ci_low,
-                "ci_high": slope.ci_high,
-                "p_value": slope.p_value,
-                "tau2": slope.tau2,
-                "cells": slope.k,
-            }
-        )
-    return rows
-
-
-def agreement_by_regime(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per regime: mean over seeds of each AGREEMENT pair's Spearman rho (internal test)."""
-    rows = []
-    for regime in sorted({c["regime"] for c in cells}):
-        at_regime = [c["agreement"] for c in cells if c["regime"] == regime]
-        row: dict[str, Any] = {"regime": regime}
-        for pair in dict.fromkeys(k for a in at_regime for k in a):
-            row[pair] = float(np.mean([a[pair] for a in at_regime if pair in a]))
-        rows.append(row)
-    return rows
-
-
-def plot_study(rows: list[dict[str, Any]], path: Path) -> None:
-    """Pooled AUC difference vs regime, one line per comparison, 95% CIs as error bars."""
-    fig = Figure(figsize=(6.0, 4.0))
-    ax = fig.subplots()
-    ax.axhline(0.0, color="grey", linewidth=1, linestyle=":")
-    comparisons = list(dict.fromkeys(r["comparison"] for r in rows))
-    for k, comparison in enumerate(comparisons):
-        sel = [r for r in rows if r["comparison"] == comparison]
-        dodge = 0.015 * (k - (len(comparisons) - 1) / 2)  # keep the error bars apart
-        x = [r["regime"] + dodge for r in sel]
-        y = [r["pooled_difference"] for r in sel]
-        err = [
-            [r["pooled_difference"] - r["pooled_ci_low"] for r in sel],
-            [r["pooled_ci_high"] - r["pooled_difference"] for r in sel],
-        ]
-        ax.errorbar(
-            x, y, yerr=np.nan_to_num(np.asarray(err)), marker="o", capsize=3, label=comparison
-        )
-    ax.set(
-        xlabel="regime (0 = shared causes, 1 = independent modality-specific causes)",
-        ylabel="AUC difference, pooled over seeds (internal test)",
-        title="When does JEPA pretraining help?",
-    )
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-
-
 def run_study(
     root: Path,
     metrics_dir: Path,
@@ -453,7 +240,7 @@ def run_study(
             )
     rows = summarise(cells, "internal") + summarise(cells, "external")
     trend_rows = trends(cells, "internal") + trends(cells, "external")
-    plan = plan or StudySettings.from_params()
+    plan = plan or StudySettings.from_params(section("study"))
     study = {
         "title": "Synthetic study: JEPA gain by causal regime",
         "note": "Each cell is a full pipeline run (study preset) with its own data, encoder and "

@@ -46,8 +46,9 @@ def test_results_md_tables_are_those_of_the_committed_evaluation() -> None:
 def test_study_md_and_its_summary_come_from_the_committed_cell_records() -> None:
     """docs/STUDY.md is metrics/study.json rendered, and study.json's pooled rows are what the
     committed per-cell records (metrics/study/<cell>/) give when summarised again."""
+    from models.study import summarise
     from models.study_report import study_markdown
-    from orchestration.study import STUDY_COMMAND, cell_name, cell_paired_differences, summarise
+    from orchestration.study import STUDY_COMMAND, cell_name, cell_paired_differences
 
     study = _metrics("study.json")
     rendered = study_markdown(study, STUDY_COMMAND)

@@ -7,13 +7,8 @@ import pytest
 from scipy import stats
 
 from models.meta_analysis import random_effects_mean
-from orchestration.study import (
-    agreement_by_regime,
-    cell_run_config,
-    plot_study,
-    summarise,
-    trends,
-)
+from models.study import agreement_by_regime, plot_study, summarise, trends
+from orchestration.study import cell_run_config
 
 
 def _cell(regime: float, seed: int, jepa_minus_multimodal: float, variance: float) -> dict:
@@ -135,7 +130,7 @@ def test_run_study_runs_each_cell_once_resumes_from_its_record_and_summarises_it
 
 
 def test_the_pre_registered_verdict_is_read_off_the_rows_and_an_unrun_half_never_passes() -> None:
-    from orchestration.study import StudySettings, primary_result
+    from models.study import StudySettings, primary_result
 
     plan = StudySettings(
         regimes=(0.0, 1.0),
@@ -164,9 +159,10 @@ def test_the_pre_registered_verdict_is_read_off_the_rows_and_an_unrun_half_never
 
 
 def test_the_study_settings_come_from_params_and_name_models_the_protocol_trains() -> None:
-    from orchestration.study import COMPARISONS, StudySettings
+    from models.study import COMPARISONS, StudySettings
+    from orchestration.params import section
 
-    plan = StudySettings.from_params()
+    plan = StudySettings.from_params(section("study"))
     assert len(plan.regimes) >= 4 and len(plan.seeds) >= 5
     assert plan.regime in plan.regimes
     assert (plan.model, plan.versus) in COMPARISONS

@@ -132,8 +132,9 @@ def results_markdown(
     section sets its signals beside each model's measured internal -> external AUC change.
 
     provenance must give command (that regenerates the file), data_version (the cohort
-    manifests' content versions), models_version, encoder_version and date; further keys are listed as they are. The paper's numbers
-    sit in their own labelled column and are never used in any computation.
+    manifests' content versions), models_version, encoder_version and date; further keys
+    are listed as they are. The paper's numbers sit in their own labelled column and are
+    never used in any computation.
     """
     missing = [k for k in REQUIRED_PROVENANCE if k not in provenance]
     if missing:

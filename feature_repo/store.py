@@ -1,15 +1,23 @@
 """Plain helpers around a Feast FeatureStore (no Dagster), for the pipeline and the tests.
 
-Everything the store touches lives under ``<data_dir>/feast/``: registry.db, online.db
-(SQLite) and sources/<view>.parquet (the offline store reads these files). The config is
-built in code so any data folder works; feature_store.yaml holds the same settings for the
-``feast`` CLI on the default paths.
+Embedded (the default, what `make demo` and `make test` use): everything the store touches
+lives under ``<data_dir>/feast/``: registry.db, online.db (SQLite) and sources/<view>.parquet
+(the offline store reads these files). The team deployment (deploy/team/) keeps the sources
+there but puts the registry in PostgreSQL (Feast's SQL registry: concurrent writers are safe,
+unlike the file registry, which is rewritten whole) and the online store in Redis. Which one
+a process uses is configuration, never code: `StoreBackends.from_env()`. The config is built
+in code so any data folder works; feature_store.yaml (and deploy/team/feature_store.yaml)
+hold the same settings for the ``feast`` CLI on the default paths.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from feast import FeatureStore, RepoConfig
@@ -27,28 +35,79 @@ PROJECT = "lungjepa"
 _EARLIEST = dt.datetime(1800, 1, 1, tzinfo=dt.UTC)
 
 
+REGISTRY_URL_ENV = "LUNGJEPA_FEAST_REGISTRY_URL"
+"""SQLAlchemy URL of a SQL registry, e.g. postgresql+psycopg://user:password@host:5432/feast."""
+REDIS_ENV = "LUNGJEPA_FEAST_REDIS"
+"""Feast's Redis connection string, e.g. 127.0.0.1:6379,password=...,db=0."""
+
+
+@dataclass(frozen=True)
+class StoreBackends:
+    """Where the registry and the online store live; None: the embedded file/SQLite default.
+
+    Both hold credentials, so they come from the environment (deploy/team/ writes them to an
+    env file outside git) and `describe()` is what may be logged or shown.
+    """
+
+    registry_url: str | None = None
+    redis: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> StoreBackends:
+        env = os.environ if environ is None else environ
+        return cls(registry_url=env.get(REGISTRY_URL_ENV) or None, redis=env.get(REDIS_ENV) or None)
+
+    def describe(self) -> dict[str, str]:
+        """The kinds only (no host, user or password): safe for logs and Dagster metadata."""
+        return {
+            "registry": "sql" if self.registry_url else "file",
+            "online_store": "redis" if self.redis else "sqlite",
+        }
+
+    def registry(self, root: Path) -> dict[str, Any]:
+        if self.registry_url:
+            return {
+                "registry_type": "sql",
+                "path": self.registry_url,
+                "cache_ttl_seconds": 60,
+                "sqlalchemy_config_kwargs": {"pool_pre_ping": True},
+            }
+        return {"registry_type": "file", "path": str(root / "registry.db"), "cache_ttl_seconds": 60}
+
+    def online_store(self, root: Path) -> dict[str, Any]:
+        if self.redis:
+            return {"type": "redis", "connection_string": self.redis}
+        return {"type": "sqlite", "path": str(root / "online.db")}
+
+
 def feast_dir(data_dir: Path) -> Path:
     return Path(data_dir).resolve() / "feast"
 
 
-def open_store(repo_dir: Path, data_dir: Path) -> FeatureStore:
-    """A FeatureStore whose registry, online SQLite file and sources live under ``data_dir``."""
+def open_store(
+    repo_dir: Path, data_dir: Path, backends: StoreBackends | None = None
+) -> FeatureStore:
+    """A FeatureStore whose sources live under ``data_dir``; registry and online store where
+    ``backends`` say (default: the environment's, `StoreBackends.from_env`)."""
+    backends = StoreBackends.from_env() if backends is None else backends
     root = feast_dir(data_dir)
     root.mkdir(parents=True, exist_ok=True)
     config = RepoConfig(
         project=PROJECT,
         provider="local",
-        registry={
-            "registry_type": "file",
-            "path": str(root / "registry.db"),
-            "cache_ttl_seconds": 60,
-        },
-        online_store={"type": "sqlite", "path": str(root / "online.db")},
+        registry=backends.registry(root),
+        online_store=backends.online_store(root),
         offline_store={"type": "file"},
         repo_path=Path(repo_dir).resolve(),
         entity_key_serialization_version=3,
     )
     return FeatureStore(config=config)
+
+
+def has_registry(data_dir: Path, backends: StoreBackends | None = None) -> bool:
+    """Whether a store was ever applied for ``data_dir`` (a SQL registry: assumed; Feast says)."""
+    backends = StoreBackends.from_env() if backends is None else backends
+    return bool(backends.registry_url) or (feast_dir(data_dir) / "registry.db").is_file()
 
 
 def apply_definitions(

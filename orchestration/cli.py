@@ -20,7 +20,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestration.params import PROFILE_ENV, REPO_ROOT, privacy_config, resolve_path, section
+from orchestration.params import (
+    PROFILE_ENV,
+    REPO_ROOT,
+    privacy_config,
+    resolve_path,
+    section,
+    storage_root,
+)
 
 STEP_SELECTIONS: dict[str, list[str]] = {
     "features": ["ehr_features", "training_examples"],
@@ -84,7 +91,7 @@ def demo_summary(elapsed_s: float, root: Path | None = None) -> str:
         for name, rel in pointer["models"].items():
             lines.append(f"  {'ONNX ' + name:<16} {artifacts / rel}")
     lines.append(f"  metrics          {metrics}")
-    results_md = REPO_ROOT / "docs" / "RESULTS.md" if root is None else root / "RESULTS.md"
+    results_md = storage_root() / "docs" / "RESULTS.md" if root is None else root / "RESULTS.md"
     lines.append(f"  results          {results_md}")
     evaluation = metrics / "evaluation.json"
     if evaluation.exists():

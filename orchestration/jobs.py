@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
+from orchestration.params import section
+
 # Arrival batches are dynamically partitioned; the cohort pipeline is not, and one job cannot
 # mix the two, so the full pipeline is everything outside the `incoming` group.
 INCOMING = dg.AssetSelection.groups("incoming")
@@ -34,9 +36,9 @@ incoming_curation = dg.define_asset_job(
 weekly_retraining = dg.ScheduleDefinition(
     name="weekly_retraining",
     job=retraining,
-    cron_schedule="0 2 * * 0",
+    cron_schedule=section("retraining")["cron"],
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.STOPPED,
-    description="Sunday 02:00 UTC: retrain on the cohorts and every arrival batch that passed "
-    "its blocking checks (params.yaml retraining.batches).",
+    description="params.yaml retraining.cron (default Sunday 02:00 UTC): retrain on the cohorts "
+    "and every arrival batch that passed its blocking checks (params.yaml retraining.batches).",
 )

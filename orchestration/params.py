@@ -19,6 +19,7 @@ from cohorts.privacy import PrivacyConfig
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PARAMS_ENV = "LUNGJEPA_PARAMS"
 PROFILE_ENV = "LUNGJEPA_PROFILE"
+ROOT_ENV = "LUNGJEPA_ROOT"
 
 
 def params_path() -> Path:
@@ -52,6 +53,23 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _profile_overrides(profiles: dict[str, Any], name: str) -> dict[str, Any]:
+    """The profile's overrides, with those of the profile it `extends` (recursively) under them."""
+    chain: list[str] = []
+    while name is not None:
+        if name not in profiles:
+            raise KeyError(f"{params_path()}: no profile {name!r}; known: {sorted(profiles)}")
+        if name in chain:
+            raise ValueError(f"{params_path()}: profiles extend in a cycle: {chain + [name]}")
+        chain.append(name)
+        name = (profiles[name] or {}).get("extends")
+    merged: dict[str, Any] = {}
+    for link in reversed(chain):
+        own = {k: v for k, v in (profiles[link] or {}).items() if k != "extends"}
+        merged = _merge(merged, own)
+    return merged
+
+
 def params(profile: str | None = None) -> dict[str, Any]:
     """params.yaml with the named profile (default: $LUNGJEPA_PROFILE) merged over it."""
     data = copy.deepcopy(load_params())
@@ -59,9 +77,7 @@ def params(profile: str | None = None) -> dict[str, Any]:
     profile = profile or active_profile()
     if profile is None:
         return data
-    if profile not in profiles:
-        raise KeyError(f"{params_path()}: no profile {profile!r}; known: {sorted(profiles)}")
-    return _merge(data, profiles[profile])
+    return _merge(data, _profile_overrides(profiles, profile))
 
 
 def section(name: str, profile: str | None = None) -> dict[str, Any]:
@@ -78,7 +94,17 @@ def privacy_config(profile: str | None = None) -> PrivacyConfig:
     return PrivacyConfig.from_params(section("privacy", profile))
 
 
+def storage_root() -> Path:
+    """Where the pipeline's outputs live: the repository, or $LUNGJEPA_ROOT when set.
+
+    A deployment whose data, artifacts and reports live apart from its code checkout (the team
+    deployment, deploy/team/) sets it; code, params.yaml and the Feast repo stay in the checkout.
+    """
+    root = os.environ.get(ROOT_ENV)
+    return Path(root).resolve() if root else REPO_ROOT
+
+
 def resolve_path(value: str | os.PathLike[str]) -> Path:
-    """Relative paths in params.yaml are relative to the repository root."""
+    """Relative paths in params.yaml are relative to `storage_root()` (default: the repository)."""
     path = Path(value)
-    return path if path.is_absolute() else REPO_ROOT / path
+    return path if path.is_absolute() else storage_root() / path

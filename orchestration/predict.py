@@ -386,8 +386,8 @@ def online_ehr(
 ) -> EhrInput | None:
     """The patient's latest features from the Feast online store; None when it has no row."""
     with refuse_torch():
-        from feature_repo.store import feast_dir, online_features, open_store
-    if not (feast_dir(data_dir) / "registry.db").is_file():
+        from feature_repo.store import feast_dir, has_registry, online_features, open_store
+    if not has_registry(data_dir):
         raise PredictionError(
             f"no feature store under {feast_dir(data_dir)} (run `lungjepa features`, or pass "
             "--features-json)"

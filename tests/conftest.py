@@ -18,6 +18,10 @@ os.environ.setdefault(
     "LUNGJEPA_KEY_FILE", str(Path(tempfile.mkdtemp(prefix="lungjepa-key-")) / "pseudonym.key")
 )
 os.environ.pop("LUNGJEPA_PSEUDONYM_KEY", None)  # tests that want one set it themselves
+# The embedded default under test: never a team deployment's servers or storage, even from a
+# shell that has them set (the team tests, tests/team/, read deploy/team's env file themselves).
+for _name in ("LUNGJEPA_FEAST_REGISTRY_URL", "LUNGJEPA_FEAST_REDIS", "LUNGJEPA_ROOT"):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture(scope="session")

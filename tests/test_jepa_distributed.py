@@ -140,3 +140,76 @@ def _interrupt_then_resume(
     assert summary["weights_digest"] == expected["weights_digest"]
     assert summary["version"] == expected["version"]
     assert summary["final_loss"] == expected["final_loss"]
+
+
+def test_asset_on_two_ranks_makes_the_cli_torchrun_artifact(
+    tiny_pipeline: tuple, tmp_path: Path
+) -> None:
+    """jepa_encoder with nproc_per_node = 2 trains once, under torchrun, into its own version.
+
+    The asset used to run torchrun and then pretrain() again in-process into the same folder,
+    which the checkpoint's world-size fingerprint refuses; now the torchrun run is the asset's
+    whole training, and its weights are those of the CLI's torchrun run on the same inputs.
+    """
+    import dagster as dg
+    from pipeline_run import copy_pipeline
+    from safetensors.torch import load_file
+
+    from orchestration.definitions import defs
+    from orchestration.resources import resources_under
+
+    root = copy_pipeline(tiny_pipeline, tmp_path / "run")
+    single = json.loads((root / "artifacts" / "encoders" / "latest.json").read_text())
+    (tmp_path / "dagster_home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
+        result = defs.resolve_job_def("full_pipeline").execute_in_process(
+            instance=instance,
+            asset_selection=[dg.AssetKey("jepa_encoder")],
+            run_config={
+                "resources": resources_under(root),
+                "ops": {"jepa_encoder": {"config": {"nproc_per_node": 2}}},
+            },
+            raise_on_error=False,
+        )
+    assert result.success
+    latest = json.loads((root / "artifacts" / "encoders" / "latest.json").read_text())
+    assert latest["version"] != single["version"]  # 2 ranks: other batches, other weights
+    folder = root / "artifacts" / latest["path"]
+    card = json.loads((folder / "card.json").read_text())
+    assert card["world_size"] == 2 and card["version"] == latest["version"]
+    assert card["probe"] is not None and card["inputs"]["cohort_manifests"]
+    checkpoint = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert checkpoint["fingerprint"]["world_size"] == 2
+
+    cli_out = tmp_path / "cli"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "models.jepa.pretrain",
+            "--examples",
+            str(root / "data/examples/archive.npz"),
+            "--out",
+            str(cli_out),
+            "--config",
+            json.dumps(card["params"]),
+            "--no-progress",
+        ],  # fmt: skip
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _summary(done.stdout)["version"] == latest["version"]
+    asset_weights = load_file(folder / "encoder.safetensors")
+    cli_weights = load_file(cli_out / "encoder.safetensors")
+    assert asset_weights.keys() == cli_weights.keys()
+    for name, tensor in asset_weights.items():
+        assert torch.equal(tensor, cli_weights[name]), name

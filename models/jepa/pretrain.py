@@ -214,9 +214,19 @@ class PretrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready summary (no history)."""
+        """JSON-ready summary (no history); what the CLI prints as its last stdout line."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "history"}
         return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
+
+    @classmethod
+    def from_summary(cls, summary: Mapping[str, Any]) -> PretrainResult:
+        """The result a torchrun child reported (`summary()`), without the per-epoch history."""
+        paths = {"out_dir", "encoder_path", "card_path"}
+        names = {f.name for f in dataclasses.fields(cls)} - {"history"}
+        missing = sorted(names - set(summary))
+        if missing:
+            raise ValueError(f"pretraining summary lacks {missing}")
+        return cls(**{k: Path(summary[k]) if k in paths else summary[k] for k in names})
 
 
 def code_version() -> str:
@@ -251,21 +261,25 @@ def weights_digest(*modules: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def artifact_version(examples: ExampleSet, config: PretrainConfig, data: str | None = None) -> str:
+def artifact_version(
+    examples: ExampleSet, config: PretrainConfig, data: str | None = None, world_size: int = 1
+) -> str:
     """Short sha256 of code version + data hash + params (+ the encoder sizes they imply).
 
     Known before training, so a caller can train straight into artifacts/encoders/<version>/
     (and a rerun of the same inputs resumes there). data: a precomputed `data_hash`.
+    world_size: DDP ranks; they change per-rank batches and sampling, so the weights, hence
+    the version (single-process versions hash as before: the key is only added above 1).
     """
-    source = json.dumps(
-        {
-            "code": code_version(),
-            "data": data or data_hash(examples),
-            "params": _run_params(config),
-            "encoder": encoder_config_for(examples, config).to_dict(),
-        },
-        sort_keys=True,
-    )
+    fields: dict[str, Any] = {
+        "code": code_version(),
+        "data": data or data_hash(examples),
+        "params": _run_params(config),
+        "encoder": encoder_config_for(examples, config).to_dict(),
+    }
+    if world_size != 1:
+        fields["world_size"] = world_size
+    source = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(source.encode()).hexdigest()[:12]
 
 
@@ -607,7 +621,7 @@ def _pretrain(
         **relative_distances(target, encoder, initial),
     }
     encoder_config = target.config.to_dict()
-    version = artifact_version(examples, config, data)
+    version = artifact_version(examples, config, data, ctx.world_size)
     losses = [r["loss"] for r in history]
     card = {
         "kind": "lungjepa.encoder",
@@ -667,6 +681,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="JSON object or path to a JSON file (PretrainConfig)")
     parser.add_argument("--probe-train", type=Path, help="labeled examples .npz for the probe")
     parser.add_argument("--probe-test", type=Path, help="labeled examples .npz for the probe")
+    parser.add_argument(
+        "--inputs", help="JSON object the card records as the examples' provenance (`inputs`)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--rank-digest",
@@ -729,6 +746,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config,
         progress=not args.no_progress,
         probe_sets=probe_sets,
+        inputs=json.loads(args.inputs) if args.inputs else None,
     )
     rank = int(os.environ.get("RANK", "0"))
     if args.rank_digest:

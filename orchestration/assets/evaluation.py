@@ -43,7 +43,7 @@ from orchestration.assets.training import jepa_encoder
 from orchestration.dvc_versions import dvc_metadata
 from orchestration.lineage import ENCODERS, MODELS, built_on
 from orchestration.metadata import flat_numbers, image_markdown, markdown_table
-from orchestration.params import REPO_ROOT, section
+from orchestration.params import section, storage_root
 from orchestration.resources import PipelinePaths
 
 _FINETUNE = section("finetune")
@@ -168,7 +168,7 @@ class EvaluationConfig(dg.Config):
     bootstrap_replicates: int = _EVALUATE["bootstrap_replicates"]
     seed: int = _EVALUATE["seed"]
     comparisons: dict[str, Any] = _EVALUATE["comparisons"]
-    results_markdown: str = str(REPO_ROOT / "docs" / "RESULTS.md")
+    results_markdown: str = str(storage_root() / "docs" / "RESULTS.md")
 
 
 @dg.asset(

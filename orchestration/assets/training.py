@@ -4,15 +4,17 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
 from cohorts.batches import manifest_summary, read_manifests
 from cohorts.privacy import read_key_record
-from models.data import load_examples
+from models.data import ExampleSet, load_examples
 from models.finetune import stratified_patient_split
-from models.jepa.pretrain import PretrainConfig, artifact_version, pretrain
+from models.jepa.pretrain import PretrainConfig, PretrainResult, artifact_version, pretrain
 from orchestration.assets.features import training_examples
 from orchestration.dvc_versions import dvc_metadata
 from orchestration.metadata import flat_numbers, image_markdown
@@ -54,13 +56,39 @@ class PretrainRunConfig(dg.Config):
         return PretrainConfig.from_dict({**fields, "device": device})
 
 
-def _run_torchrun(examples: Path, out_dir: Path, config: PretrainConfig, nproc: int) -> None:
-    command = [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-        "-m", "models.jepa.pretrain", "--examples", str(examples), "--out", str(out_dir),
-        "--config", json.dumps(config.to_dict()), "--no-progress",
-    ]  # fmt: skip
-    subprocess.run(command, check=True, cwd=REPO_ROOT, env=os.environ.copy())
+def _run_torchrun(
+    examples: Path,
+    out_dir: Path,
+    config: PretrainConfig,
+    nproc: int,
+    probe_sets: tuple[ExampleSet, ExampleSet],
+    inputs: dict[str, Any],
+) -> PretrainResult:
+    """The same pretraining as in-process, as `nproc` DDP ranks under torchrun.
+
+    The asset's whole run happens there (probe and card provenance included), and the asset
+    reads back the summary rank 0 prints: pretraining never runs twice, and the artifact is the
+    one `torchrun -m models.jepa.pretrain` makes from the same examples and config.
+    --standalone: a free rendezvous port, so two runs on one machine do not collide.
+    """
+    with tempfile.TemporaryDirectory(prefix="lungjepa-probe-") as tmp:
+        probe_paths = [Path(tmp) / "probe_train.npz", Path(tmp) / "probe_test.npz"]
+        for path, subset in zip(probe_paths, probe_sets, strict=True):
+            subset.save(path)
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={nproc}", "-m", "models.jepa.pretrain",
+            "--examples", str(examples), "--out", str(out_dir),
+            "--config", json.dumps(config.to_dict()), "--inputs", json.dumps(inputs),
+            "--probe-train", str(probe_paths[0]), "--probe-test", str(probe_paths[1]),
+            "--no-progress",
+        ]  # fmt: skip
+        done = subprocess.run(
+            command, cwd=REPO_ROOT, env=os.environ.copy(), stdout=subprocess.PIPE, text=True
+        )
+    if done.returncode != 0:
+        raise RuntimeError(f"torchrun pretraining of {out_dir} exited {done.returncode}")
+    return PretrainResult.from_summary(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 @dg.asset(
@@ -70,7 +98,8 @@ def _run_torchrun(examples: Path, out_dir: Path, config: PretrainConfig, nproc: 
     code_version="1",
     pool="gpu",
     description="Multimodal JEPA encoder pretrained on the unlabeled archive (EMA target encoder, "
-    "safetensors + card). Resumes from its last checkpoint; runs in-process, one at a time.",
+    "safetensors + card). Resumes from its last checkpoint; in-process, or as torchrun DDP "
+    "ranks with nproc_per_node > 1; one at a time (pool gpu).",
 )
 def jepa_encoder(
     context: dg.AssetExecutionContext,
@@ -82,21 +111,22 @@ def jepa_encoder(
     archive = load_examples(archive_path)
     domain = config.domain(torch_device.resolve())
     # The version is known before training, so a killed run resumes in the same folder.
-    run_dir = paths.artifacts / "encoders" / artifact_version(archive, domain)
+    version = artifact_version(archive, domain, world_size=config.nproc_per_node)
+    run_dir = paths.artifacts / "encoders" / version
     internal = load_examples(paths.examples("internal"))
     split = stratified_patient_split(internal.label, {"train": 0.7, "test": 0.3}, seed=config.seed)
     probe_sets = (internal.subset(split["train"]), internal.subset(split["test"]))
+    inputs = {"cohort_manifests": manifest_summary(read_manifests(paths.data / "examples"))}
     if config.nproc_per_node > 1:
-        _run_torchrun(archive_path, run_dir, domain, config.nproc_per_node)
-    manifests = manifest_summary(read_manifests(paths.data / "examples"))
-    result = pretrain(
-        archive,
-        run_dir,
-        domain,
-        progress=True,
-        probe_sets=probe_sets,
-        inputs={"cohort_manifests": manifests},
-    )
+        context.log.info(f"pretraining on {config.nproc_per_node} DDP ranks (torchrun)")
+        result = _run_torchrun(
+            archive_path, run_dir, domain, config.nproc_per_node, probe_sets, inputs
+        )
+    else:
+        result = pretrain(
+            archive, run_dir, domain, progress=True, probe_sets=probe_sets, inputs=inputs
+        )
+    manifests = inputs["cohort_manifests"]
     paths.point_latest("encoders", result.version, run_dir)
     card = json.loads(result.card_path.read_text())
     archive_record = read_key_record(paths.data / "examples").get("archive", {})

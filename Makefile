@@ -8,7 +8,7 @@ DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export DAGSTER_HOME
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps demo test test-all lint format ui bench reliability clean
+.PHONY: setup system-deps system-deps-team demo test test-all test-team team-up team-down team-status lint format ui bench reliability clean
 
 setup: $(VENV)/.setup-stamp
 
@@ -16,13 +16,17 @@ $(VENV)/.setup-stamp: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,team]"
 	touch $@
 
 # Debian packages the tests need (dicom3tools, chromium, chromium-driver): installed
 # when missing and possible (root or sudo), else one message with the command to run.
 system-deps:
-	bash scripts/system-deps.sh
+	bash scripts/system-deps.sh test
+
+# the PostgreSQL and Redis servers of the team deployment (make team-up installs them too)
+system-deps-team:
+	bash scripts/system-deps.sh team
 
 demo: setup
 	mkdir -p $(DAGSTER_HOME)
@@ -33,10 +37,34 @@ demo: setup
 # so a fresh clone's `make test` went from 10m09s (two runs in a row) to 5-8 min on 2 idle cores (5m03s-8m08s).
 TEST_WORKERS ?= 2
 test: setup system-deps
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow and not reliability_full" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow and not reliability_full and not team" $(PYTEST_ARGS)
 
+# everything but the team deployment's tests (make test-team: they need its servers)
 test-all: setup system-deps
-	$(BIN)/python -m pytest -m "" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not team" $(PYTEST_ARGS)
+
+# The team deployment (deploy/team/): real PostgreSQL, Redis, dagster-daemon and webserver on
+# loopback. Settings: TEAM_DIR and the ports/passwords named in deploy/team/team.sh.
+TEAM_DIR ?= $(CURDIR)/.team
+team-up: setup
+	TEAM_DIR=$(TEAM_DIR) bash deploy/team/team.sh up
+
+team-down:
+	TEAM_DIR=$(TEAM_DIR) bash deploy/team/team.sh down
+
+team-status:
+	TEAM_DIR=$(TEAM_DIR) bash deploy/team/team.sh status
+
+# tests/team on a deployment of their own (its own folder, ports, and outputs under it, the
+# tiny profile with a schedule that fires every minute), stopped afterwards, pass or fail
+TEST_TEAM_DIR ?= $(CURDIR)/.team-ci
+TEST_TEAM_ENV = TEAM_DIR=$(TEST_TEAM_DIR) LUNGJEPA_PROFILE=team-ci \
+	LUNGJEPA_ROOT=$(TEST_TEAM_DIR)/workspace LUNGJEPA_PG_PORT=55442 LUNGJEPA_REDIS_PORT=56389 \
+	LUNGJEPA_UI_PORT=3011
+test-team: setup
+	$(TEST_TEAM_ENV) bash deploy/team/team.sh up
+	status=0; LUNGJEPA_TEAM_ENV=$(TEST_TEAM_DIR)/team.env $(BIN)/python -m pytest -m team tests/team $(PYTEST_ARGS) || status=$$?; \
+	$(TEST_TEAM_ENV) bash deploy/team/team.sh down; exit $$status
 
 lint: setup
 	$(BIN)/ruff check .

@@ -13,6 +13,7 @@ hold the same settings for the ``feast`` CLI on the default paths.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -57,6 +58,19 @@ class StoreBackends:
         env = os.environ if environ is None else environ
         return cls(registry_url=env.get(REGISTRY_URL_ENV) or None, redis=env.get(REDIS_ENV) or None)
 
+    def project(self, data_dir: Path) -> str:
+        """The Feast project (registry namespace, Redis key prefix) of ``data_dir``'s features.
+
+        Embedded, each data folder has a registry file of its own: always ``lungjepa``. A
+        shared SQL registry and Redis hold every data folder's store (the pipeline's, a
+        replicate's, a study cell's, a test's): one project per folder, or two runs on
+        different folders would re-point each other's sources and overwrite each other's rows.
+        """
+        if not (self.registry_url or self.redis):
+            return PROJECT
+        folder = str(Path(data_dir).resolve())
+        return f"{PROJECT}_{hashlib.sha256(folder.encode()).hexdigest()[:12]}"
+
     def describe(self) -> dict[str, str]:
         """The kinds only (no host, user or password): safe for logs and Dagster metadata."""
         return {
@@ -93,7 +107,7 @@ def open_store(
     root = feast_dir(data_dir)
     root.mkdir(parents=True, exist_ok=True)
     config = RepoConfig(
-        project=PROJECT,
+        project=backends.project(data_dir),
         provider="local",
         registry=backends.registry(root),
         online_store=backends.online_store(root),

@@ -99,8 +99,10 @@ class PrivacyResource(dg.ConfigurableResource):
 class FeatureStoreResource(dg.ConfigurableResource):
     """The Feast store of EHR features; Feast has no official Dagster integration, so we wrap it.
 
-    The offline (file) and online (SQLite) stores and the registry live under
-    ``<data_dir>/feast``; switching to Spark/Snowflake and Redis is a feature_store.yaml change.
+    The offline store (parquet files) lives under ``<data_dir>/feast``; so do the registry and
+    the online store (SQLite) unless the environment names a SQL registry and a Redis
+    (feature_repo/store.py StoreBackends; the team deployment's env file sets them). Not
+    resource fields: they carry credentials, and the UI shows resource config.
     """
 
     repo_dir: str = str(REPO_ROOT / "feature_repo")

@@ -105,6 +105,8 @@ def ehr_features(
     return dg.MaterializeResult(
         metadata={
             "views": markdown_table(rows),
+            "feast_project": store.project,
+            **{f"feast/{k}": v for k, v in feast_store.StoreBackends.from_env().describe().items()},
             "signatures_path": dg.MetadataValue.path(str(signatures_path)),
             **{f"key_fingerprint/{c}": r["key_fingerprint"] for c, r in records.items()},
             "date_shift_max_days": shift,

@@ -55,13 +55,16 @@ team-down:
 team-status:
 	TEAM_DIR=$(TEAM_DIR) bash deploy/team/team.sh status
 
-# tests/team on a deployment of their own (its own folder, ports, and outputs under it, the
-# tiny profile with a schedule that fires every minute), stopped afterwards, pass or fail
+# tests/team on a deployment of their own, new each time (its own folder, ports, and outputs
+# under it, the tiny profile with a schedule that fires every minute), stopped afterwards,
+# pass or fail
 TEST_TEAM_DIR ?= $(CURDIR)/.team-ci
-TEST_TEAM_ENV = TEAM_DIR=$(TEST_TEAM_DIR) LUNGJEPA_PROFILE=team-ci \
+TEST_TEAM_ENV = TEAM_DIR=$(TEST_TEAM_DIR) TEAM_DVC_REMOTE=0 LUNGJEPA_PROFILE=team-ci \
 	LUNGJEPA_ROOT=$(TEST_TEAM_DIR)/workspace LUNGJEPA_PG_PORT=55442 LUNGJEPA_REDIS_PORT=56389 \
 	LUNGJEPA_UI_PORT=3011
 test-team: setup
+	$(TEST_TEAM_ENV) bash deploy/team/team.sh down >/dev/null 2>&1 || true
+	rm -rf $(TEST_TEAM_DIR)
 	$(TEST_TEAM_ENV) bash deploy/team/team.sh up
 	status=0; LUNGJEPA_TEAM_ENV=$(TEST_TEAM_DIR)/team.env $(BIN)/python -m pytest -m team tests/team $(PYTEST_ARGS) || status=$$?; \
 	$(TEST_TEAM_ENV) bash deploy/team/team.sh down; exit $$status

@@ -13,6 +13,9 @@
 #   LUNGJEPA_PG_PASSWORD, LUNGJEPA_REDIS_PASSWORD  taken when set, else kept from team.env,
 #                            else generated; they live in $TEAM_DIR/team.env (mode 600), never
 #                            in the repository
+#   LUNGJEPA_DVC_REMOTE      the team's DVC remote (a shared folder, s3://..., ssh://...);
+#                            default $TEAM_DIR/dvc-remote; set as this checkout's default
+#                            remote in .dvc/config.local (not committed)
 #   LUNGJEPA_PROFILE, LUNGJEPA_ROOT  passed on to every Dagster process (params profile; a
 #                            folder for data/, artifacts/, metrics/ outside the checkout)
 set -euo pipefail
@@ -163,6 +166,14 @@ start_dagster() {
   die "dagster-webserver did not answer on 127.0.0.1:$UI_PORT within 180 s; see $LOGS/webserver.log"
 }
 
+set_dvc_remote() {
+  [[ ${TEAM_DVC_REMOTE:-1} == 0 ]] && return 0  # make test-team: leave the checkout's DVC alone
+  local url=${LUNGJEPA_DVC_REMOTE:-$TEAM_DIR/dvc-remote}
+  [[ $url == *://* ]] || mkdir -p "$url"
+  "$BIN/dvc" remote add --local --default --force team "$url" >/dev/null
+  say "DVC remote 'team' -> $url (default for this checkout: .dvc/config.local)"
+}
+
 stop_pid() {  # name pidfile
   if alive "$2"; then
     kill "$(cat "$2")"
@@ -188,6 +199,7 @@ up() {
   start_postgres
   start_redis
   start_dagster
+  set_dvc_remote
   cat <<EOF
 team: up. Dagster UI  http://127.0.0.1:$UI_PORT  (runs queue; the daemon launches them)
 team:     PostgreSQL  127.0.0.1:$PG_PORT  databases dagster (runs, events, schedules), feast (registry)

@@ -50,6 +50,22 @@ def _cli(examples: Path, out: Path, config: dict) -> list[str]:
     ]
 
 
+TORCHRUN_2 = [
+    sys.executable,
+    "-m",
+    "torch.distributed.run",
+    "--standalone",
+    "--nproc_per_node",
+    "2",
+]
+
+
+def _run(command: list[str], timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
 def _summary(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
@@ -58,18 +74,7 @@ def test_ddp_two_ranks_end_with_identical_weights(tmp_path: Path) -> None:
     examples = tmp_path / "examples.npz"
     random_examples(16, timepoints=2, crop_size_vox=16, n_ehr=4, seed=0).save(examples)
     config = {**TINY_CONFIG, "epochs": 2, "batch_size": 8, "checkpoint_every_steps": 3}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        *_cli(examples, tmp_path / "out", config),
-    ]
-    done = subprocess.run(
-        command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=180
-    )
+    done = _run([*TORCHRUN_2, *_cli(examples, tmp_path / "out", config)])
     assert done.returncode == 0, done.stderr[-3000:]
     digests = [(tmp_path / "out" / "rank_digests" / f"rank{r}.sha256").read_text() for r in (0, 1)]
     assert digests[0] == digests[1]
@@ -121,14 +126,7 @@ def _interrupt_then_resume(
     saved_step = int(torch.load(checkpoint, map_location="cpu", weights_only=True)["step"])
     assert 0 < saved_step < total_steps
 
-    resumed = subprocess.run(
-        [sys.executable, *_cli(examples, out, config)],
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    resumed = _run([sys.executable, *_cli(examples, out, config)])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = _summary(resumed.stdout)
     ref_stdout, ref_stderr = reference.communicate(timeout=180)
@@ -182,30 +180,8 @@ def test_asset_on_two_ranks_makes_the_cli_torchrun_artifact(
     assert checkpoint["fingerprint"]["world_size"] == 2
 
     cli_out = tmp_path / "cli"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "models.jepa.pretrain",
-            "--examples",
-            str(root / "data/examples/archive.npz"),
-            "--out",
-            str(cli_out),
-            "--config",
-            json.dumps(card["params"]),
-            "--no-progress",
-        ],  # fmt: skip
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    archive = root / "data" / "examples" / "archive.npz"
+    done = _run([*TORCHRUN_2, *_cli(archive, cli_out, card["params"])], timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert _summary(done.stdout)["version"] == latest["version"]
     asset_weights = load_file(folder / "encoder.safetensors")

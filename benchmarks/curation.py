@@ -7,7 +7,6 @@ rates are slices decoded per second; their ratio says what curation's extra work
 
 from __future__ import annotations
 
-import multiprocessing
 import shutil
 import tempfile
 import tracemalloc
@@ -20,6 +19,7 @@ from benchmarks.archives import make_archive
 from benchmarks.common import BenchResult, BenchSize, in_child, interleaved
 from cohorts.dicom import CurationConfig, curate_cohort
 from cohorts.dicom.scan import iter_files
+from cohorts.parallel import pool_map
 
 COMMAND = "python -m benchmarks.run --only curation"
 
@@ -43,9 +43,7 @@ def floor_loop(files: list[Path], workers: int) -> int:
     """Slices decoded by the plain loop (a process pool for workers > 1, like curation)."""
     if workers <= 1:
         return sum(_floor_one(p) for p in files)
-    chunk = max(1, len(files) // (workers * 8))
-    with multiprocessing.get_context().Pool(workers) as pool:
-        return sum(pool.imap_unordered(_floor_one, files, chunksize=chunk))
+    return sum(pool_map(_floor_one, files, workers, "floor", progress=False))
 
 
 def curate_once(raw_dir: Path, workers: int) -> int:

@@ -38,11 +38,10 @@ import datetime as dt
 import fcntl
 import hashlib
 import json
-import multiprocessing
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -52,7 +51,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from cohorts.dicom.crops import nodule_crop
 from cohorts.dicom.scan import (
@@ -71,6 +69,7 @@ from cohorts.dicom.series import (
     volume_from_geometry,
 )
 from cohorts.files import atomic_output, atomic_write_json
+from cohorts.parallel import pool_map
 from cohorts.privacy import (
     KEY_RECORD,
     SYNTHETIC_MARKER,
@@ -84,6 +83,8 @@ from cohorts.privacy import (
     shift_date,
 )
 
+# the worker pools' forkserver imports this module (and so scan, series, crops) once, up front
+_PRELOAD = (__name__,)
 CURATION_VERSION = "2"  # 2: lung_hu_median, lung_fraction, orientation_max_offdiag
 _STR, _F64, _I64 = pa.string(), pa.float64(), pa.int64()
 INDEX_SCHEMA = pa.schema(
@@ -270,35 +271,6 @@ def _process(job: _Job) -> _Outcome:
              "diameter_mm": diameter, "crop_path": rel, "annotation_index": row}
         )  # fmt: skip
     return _Outcome(job.series_id, None, nodules, outside, volume.hu.shape[0], lung)
-
-
-def _pool_map(
-    func: Callable[[Any], Any], items: list[Any], workers: int, desc: str, progress: bool
-) -> Iterator[Any]:
-    """Unordered map over a process pool (in-process for one worker), with a tqdm bar."""
-    if not items:
-        return iter(())
-    bar = tqdm(total=len(items), desc=desc, disable=not progress, unit="it")
-
-    def tick(results: Iterable[Any]) -> Iterator[Any]:
-        for result in results:
-            bar.update(1)
-            yield result
-        bar.close()
-
-    if workers <= 1 or len(items) == 1:
-        return tick(map(func, items))
-    chunk = max(1, len(items) // (workers * 8))
-    pool = multiprocessing.get_context().Pool(min(workers, len(items)))
-
-    def run() -> Iterator[Any]:
-        try:
-            yield from tick(pool.imap_unordered(func, items, chunksize=chunk))
-        finally:
-            pool.close()
-            pool.join()
-
-    return run()
 
 
 # ---------------------------------------------------------------- helpers
@@ -509,7 +481,9 @@ def _curate(
 
     # 1-2. headers, grouped by series
     files = list(iter_files(raw.dicom_dir))
-    scan = group_headers(_pool_map(read_header_or_skip, files, config.workers, "headers", progress))
+    scan = group_headers(
+        pool_map(read_header_or_skip, files, config.workers, "headers", progress, _PRELOAD)
+    )
     if config.pseudonym_key is None:
         synthetic = cohort_is_synthetic(raw_dir, scan)
         config = replace(config, pseudonym_key=resolve_key(synthetic))
@@ -611,7 +585,7 @@ def _curate(
         if not jobs:
             continue
         study_of = {job.series_id: rows[job.series_id]["study_id"] for job in jobs}
-        for outcome in _pool_map(_process, jobs, config.workers, "series", progress):
+        for outcome in pool_map(_process, jobs, config.workers, "series", progress, _PRELOAD):
             summary.series_processed += 1
             summary.slices_processed += outcome.n_slices
             summary.nodules_outside_volume += outcome.outside

@@ -1,0 +1,90 @@
+"""Process pools for the data stages: safe to start from a threaded parent, loud when a worker dies.
+
+Curation runs inside Dagster run workers, pytest-xdist workers and the CLI, all of which hold
+threads (Dagster's event and compute-log threads, tqdm's monitor, torch's OpenMP pool) by the
+time a pool starts. A ``fork`` pool copies whichever of their locks are held at that instant
+into the child, which then blocks on them forever; and a ``multiprocessing.Pool`` whose worker
+dies (killed, out of memory) waits forever for the lost result. Together these could stall a
+run with no error (CI's `make test` hung at 95 % until killed, ForkPoolWorker processes alive).
+
+So workers come from a ``forkserver`` (a single-threaded server process, started once per
+parent, that imports the worker module up front and forks each worker from that clean state:
+a worker costs a fork, not a fresh interpreter, and starts with no copied lock), under
+``concurrent.futures.ProcessPoolExecutor``, which fails every pending result with
+``BrokenProcessPool`` when a worker dies, re-raised here as ``WorkerDied``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import TypeVar
+
+from tqdm import tqdm
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class WorkerDied(RuntimeError):
+    """A pool worker process ended without returning (killed, out of memory, os._exit)."""
+
+
+def process_pool(workers: int, preload: Sequence[str] = ()) -> ProcessPoolExecutor:
+    """An executor of ``workers`` processes of ``workers`` processes forked from a single-threaded forkserver.
+
+    preload: modules the server imports once, so each worker starts with them loaded (the
+    module that defines the mapped function, typically). The server keeps the first preload
+    list it was started with for the parent's lifetime; later ones only add import time.
+    """
+    ctx = multiprocessing.get_context("forkserver")
+    if preload:
+        ctx.set_forkserver_preload(list(preload))
+    return ProcessPoolExecutor(workers, mp_context=ctx)
+
+
+def pool_map(
+    func: Callable[[T], R],
+    items: list[T],
+    workers: int,
+    desc: str,
+    progress: bool,
+    preload: Sequence[str] = (),
+) -> Iterator[R]:
+    """Map in input order over a process pool (in-process for one worker or item), with a bar.
+
+    preload: as in ``process_pool``; defaults to the module defining ``func``. Every item is
+    submitted at once, in chunks of len(items) / (8 * workers), so workers never wait on the
+    consumer. The pool starts on the first ``next`` and is shut down when the
+    iterator ends; if the consumer stops early, items not yet started are cancelled. Raises
+    ``WorkerDied`` (naming ``desc``) when a worker process dies, instead of waiting forever.
+    """
+    if not items:
+        return iter(())
+    bar = tqdm(total=len(items), desc=desc, disable=not progress, unit="it")
+
+    def tick(results: Iterable[R]) -> Iterator[R]:
+        for result in results:
+            bar.update(1)
+            yield result
+        bar.close()
+
+    if workers <= 1 or len(items) == 1:
+        return tick(map(func, items))
+    chunk = max(1, len(items) // (workers * 8))
+
+    def run() -> Iterator[R]:
+        pool = process_pool(min(workers, len(items)), preload=preload or (func.__module__,))
+        try:
+            yield from tick(pool.map(func, items, chunksize=chunk))
+        except BrokenProcessPool as err:
+            raise WorkerDied(
+                f"{desc}: a worker process died before returning its results (killed, or out "
+                "of memory?); rerun the step"
+            ) from err
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    return run()

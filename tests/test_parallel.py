@@ -1,0 +1,60 @@
+"""The data stages' process pools: safe under a threaded parent, and no worker left behind."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+
+import pytest
+
+from cohorts.parallel import WorkerDied, pool_map
+
+# held by the parent while it maps: a forked worker would inherit it locked and block forever
+HELD = threading.Lock()
+
+
+def _square_under_lock(x: int) -> int:
+    with HELD:
+        return x * x
+
+
+def _slow_identity(x: int) -> int:
+    threading.Event().wait(0.05)
+    return x
+
+
+def _die_on_three(x: int) -> int:
+    if x == 3:
+        os._exit(9)  # what the kernel's OOM killer leaves: no exception, no result
+    return x
+
+
+@pytest.mark.timeout(180)
+def test_workers_do_not_inherit_locks_the_parent_holds() -> None:
+    """The hang behind CI's timeout: a lock held in the parent when the pool starts (here held
+    on purpose; in a Dagster or xdist worker, by one of its threads) is free in every worker."""
+    with HELD:
+        got = sorted(pool_map(_square_under_lock, list(range(8)), 2, "squares", progress=False))
+    assert got == [x * x for x in range(8)]
+
+
+def test_a_consumer_that_stops_early_leaves_no_worker_alive() -> None:
+    results = pool_map(_slow_identity, list(range(64)), 2, "identity", progress=False)
+    first = next(results)
+    assert first in range(64)
+    results.close()  # what a `break` or an exception in the consumer does
+    assert multiprocessing.active_children() == []
+
+
+def test_results_come_in_input_order_with_one_worker_or_several() -> None:
+    items = [5, 3, 9, 1, 7, 2, 8]
+    for workers in (1, 2):
+        assert list(pool_map(_slow_identity, items, workers, "identity", progress=False)) == items
+
+
+@pytest.mark.timeout(180)
+def test_a_worker_that_dies_is_an_error_naming_the_step_not_a_hang() -> None:
+    with pytest.raises(WorkerDied, match="^series: a worker process died"):
+        list(pool_map(_die_on_three, list(range(8)), 2, "series", progress=False))
+    assert multiprocessing.active_children() == []

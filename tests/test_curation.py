@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -434,21 +432,6 @@ def test_unusable_arguments_raise(tmp_path: Path) -> None:
     given = RawCohort.from_folder(tmp_path / "raw", annotations=tmp_path / "no.csv")
     with pytest.raises(FileNotFoundError, match="input file not found: .*no.csv"):
         curate_cohort(given, tmp_path / "out", config(), progress=False)
-
-
-@pytest.mark.slow
-def test_throughput_slices_per_second(tmp_path: Path) -> None:
-    """Not an assertion on speed: prints slices/s for docs (run with -m slow -s)."""
-    raw, out = tmp_path / "raw", tmp_path / "out"
-    for n in range(4):
-        write_ct_series(raw / "dicom" / f"s{n}", n_slices=120, rows=256, columns=256, seed=n)
-    started = time.perf_counter()
-    summary = curate_cohort(raw, out, config(workers=os.cpu_count() or 1), progress=False)
-    seconds = time.perf_counter() - started
-    print(
-        f"{summary.slices_processed} slices in {seconds:.2f} s: {summary.slices_processed / seconds:.0f} slices/s"
-    )
-    assert summary.accepted == 4
 
 
 def test_cli_curates_a_plain_hospital_export_with_its_private_key_and_shifted_dates(

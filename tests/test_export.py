@@ -166,9 +166,8 @@ def test_real_shaped_examples_round_trip(tmp_path: Path) -> None:
     assert _real_shaped_round_trip(tmp_path, dynamo=None) == "torchscript"
 
 
-@pytest.mark.slow
 def test_dynamo_exporter_round_trip(tmp_path: Path) -> None:
-    # The fallback exporter (torch.export based); 5-15 s, hence slow.
+    # The fallback exporter (torch.export based); 5-15 s.
     assert _real_shaped_round_trip(tmp_path, dynamo=True) == "dynamo"
 
 

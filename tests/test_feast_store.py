@@ -259,7 +259,6 @@ def test_repo_yaml_is_valid_and_applies(tmp_path: Path, monkeypatch: pytest.Monk
     )
 
 
-@pytest.mark.slow
 def test_feast_cli_applies_the_repo_yaml(tmp_path: Path) -> None:
     repo = _copy_repo(tmp_path)
     feast = Path(sys.executable).parent / "feast"

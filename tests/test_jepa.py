@@ -477,7 +477,6 @@ def test_checkpoint_is_atomic_and_restores_rng_streams(tmp_path: Path) -> None:
     assert state["step"] == 7 and [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
 
-@pytest.mark.slow
 def test_pretraining_at_params_yaml_sizes(tmp_path: Path) -> None:
     """One epoch at the real sizes (32^3 crops, 3 time points, params.yaml model): runs, no collapse."""
     examples = random_examples(64, timepoints=3, crop_size_vox=32, n_ehr=16, seed=0)

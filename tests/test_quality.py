@@ -485,7 +485,6 @@ def test_drift_report_is_written_with_histograms(tmp_path: Path) -> None:
     assert (tmp_path / "drift" / "drift.json").exists()
 
 
-@pytest.mark.slow
 def test_embeddings_and_cross_modal_error_from_a_real_pretraining_run(tmp_path: Path) -> None:
     """The drift asset's JEPA signals: latest-time-point embeddings and the predictor's error."""
     from models.data import random_examples

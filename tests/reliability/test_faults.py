@@ -187,7 +187,6 @@ def test_kill_during_curation_then_rerun_equals_uninterrupted(
     figures["kill_curation"] = record
 
 
-@pytest.mark.reliability_full
 def test_repeated_kills_during_curation(
     cohort: tuple[Path, Path], tmp_path: Path, figures: dict[str, Any]
 ) -> None:
@@ -335,7 +334,6 @@ def _finetune(out: Path, epochs: int, kill_after_s: float | None = None) -> floa
         child.communicate()
 
 
-@pytest.mark.reliability_full
 def test_killed_finetune_leaves_no_model_and_rerun_is_identical(
     tmp_path: Path, figures: dict[str, Any]
 ) -> None:

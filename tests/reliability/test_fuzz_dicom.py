@@ -403,7 +403,6 @@ def test_every_hostile_header_value_is_handled(
     _check(report, random_cases=False)
 
 
-@pytest.mark.reliability_full
 def test_every_hostile_header_value_full(
     archive: Archive, tmp_path: Path, figures: dict[str, Any]
 ) -> None:

@@ -245,7 +245,6 @@ def test_curation_by_cli_leaks_no_phi_and_no_key(tmp_path: Path, figures: dict[s
     assert len(findings) >= 8  # index, quarantine, nodules, labels, volumes, crops
 
 
-@pytest.mark.reliability_full
 def test_pipeline_run_leaks_no_phi_and_no_key(
     tmp_path_factory: pytest.TempPathFactory, figures: dict[str, Any]
 ) -> None:

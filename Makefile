@@ -33,8 +33,8 @@ demo: setup
 	$(BIN)/lungjepa demo
 
 # The default suite and the UI end to end in headless Chromium (`browser`), in one run on
-# two pytest-xdist workers (whole files per worker): the suite does not keep 2 cores busy,
-# so a fresh clone's `make test` went from 10m09s (two runs in a row) to 5-8 min on 2 idle cores (5m03s-8m08s).
+# two pytest-xdist workers (whole files per worker), since the suite does not keep 2 cores
+# busy: 13m37s of tests from a fresh clone on 2 idle cores (session 9, 316 tests).
 TEST_WORKERS ?= 2
 test: setup system-deps
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow and not reliability_full and not team" $(PYTEST_ARGS)

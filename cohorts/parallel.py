@@ -12,6 +12,11 @@ parent, that imports the worker module up front and forks each worker from that 
 a worker costs a fork, not a fresh interpreter, and starts with no copied lock), under
 ``concurrent.futures.ProcessPoolExecutor``, which fails every pending result with
 ``BrokenProcessPool`` when a worker dies, re-raised here as ``WorkerDied``.
+
+Known cost (issue 21): like spawn, a forkserver worker re-imports the parent's ``__main__``
+when it starts, unless that is a package's ``__main__`` (pytest, ``python -m dagster``). Under
+the ``lungjepa`` script or ``python -m benchmarks.run`` that pulls torch and Dagster into
+every worker of every pool; one executor reused per run would pay it once.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ dies (killed, out of memory) waits forever for the lost result. Together these c
 run with no error (CI's `make test` hung at 95 % until killed, ForkPoolWorker processes alive).
 
 So workers come from a ``forkserver`` (a single-threaded server process, started once per
-parent, that imports the worker module up front and forks each worker from that clean state:
-a worker costs a fork, not a fresh interpreter, and starts with no copied lock), under
+parent, that imports the worker module up front and forks each worker from that clean state,
+so no worker starts with a copied lock), under
 ``concurrent.futures.ProcessPoolExecutor``, which fails every pending result with
 ``BrokenProcessPool`` when a worker dies, re-raised here as ``WorkerDied``.
 
@@ -38,7 +38,7 @@ class WorkerDied(RuntimeError):
 
 
 def process_pool(workers: int, preload: Sequence[str] = ()) -> ProcessPoolExecutor:
-    """An executor of ``workers`` processes of ``workers`` processes forked from a single-threaded forkserver.
+    """An executor of ``workers`` processes forked from a single-threaded forkserver.
 
     preload: modules the server imports once, so each worker starts with them loaded (the
     module that defines the mapped function, typically). The server keeps the first preload

@@ -7,6 +7,8 @@ rates are slices decoded per second; their ratio says what curation's extra work
 
 from __future__ import annotations
 
+import cProfile
+import pstats
 import shutil
 import tempfile
 import tracemalloc
@@ -53,6 +55,43 @@ def curate_once(raw_dir: Path, workers: int) -> int:
         return curate_cohort(raw_dir, out, _config(workers), progress=False).slices_processed
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+# Where one 1-worker curation spends its time: (label, file suffix, function), cumulative time
+# under cProfile. "of which" rows are inside the row above them; the others do not overlap.
+STAGES: tuple[tuple[str, str, str], ...] = (
+    ("header pass (read_header)", "cohorts/dicom/scan.py", "read_header"),
+    ("  of which pydicom dcmread", "pydicom/filereader.py", "dcmread"),
+    ("  of which Annex E identifiers", "cohorts/dicom/scan.py", "_identifiers"),
+    ("decode chosen series (volume_from_geometry)", "cohorts/dicom/series.py", "volume_from_geometry"),
+    ("write volumes and crops (save_npy_atomic)", "cohorts/dicom/curate.py", "save_npy_atomic"),
+    ("lung statistics", "cohorts/dicom/curate.py", "lung_statistics"),
+    ("nodule crops", "cohorts/dicom/crops.py", "nodule_crop"),
+    ("index, quarantine, nodule tables", "cohorts/dicom/curate.py", "save_parquet_atomic"),
+)  # fmt: skip
+
+
+def curate_profile(raw_dir: Path) -> dict[str, float]:
+    """Percent of one fresh 1-worker curation's time in each of ``STAGES`` (cProfile).
+
+    Profiling slows Python-heavy code more than C code, so these are shares, not seconds.
+    """
+    out = Path(tempfile.mkdtemp(prefix="bench-curated-"))
+    profile = cProfile.Profile()
+    try:
+        profile.runcall(curate_cohort, raw_dir, out, _config(1), progress=False)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+
+    def cumulative(suffix: str, name: str) -> float:
+        return sum(v[3] for (f, _, n), v in stats.items() if n == name and f.endswith(suffix))
+
+    total = cumulative("cohorts/dicom/curate.py", "curate_cohort")
+    shares = {label: 100 * cumulative(f, n) / total for label, f, n in STAGES}
+    top = sum(v for label, v in shares.items() if not label.startswith(" "))
+    shares["everything else (grouping, checks, bookkeeping)"] = 100 - top
+    return shares
 
 
 def curate_peak_memory(raw_dir: str) -> dict[str, float]:
@@ -102,6 +141,9 @@ def run(size: BenchSize, work_dir: Path) -> BenchResult:
         "parallel speed-up (2.0 = linear on 2 cores)",
     )
 
+    for label, share in curate_profile(archive).items():
+        result.add(f"profile: {label}", "% of curation", [share])
+
     base = max(1, size.archive_patients // 4)
     peaks: dict[int, float] = {}
     for factor in (1, 2, 4):
@@ -123,6 +165,12 @@ def run(size: BenchSize, work_dir: Path) -> BenchResult:
             peaks[factor] / peaks[1],
             "memory growth with the archive (1.0 = flat: one series in memory per worker)",
         )
+    result.notes.append(
+        "Profile: one fresh 1-worker curation under cProfile, cumulative time per stage as a "
+        "share of the whole call; indented rows are part of the row above. Native "
+        "little-endian slices are decoded from the pixel offset the header pass recorded "
+        "(one parse per file); compressed ones are parsed again."
+    )
     result.notes.append(
         "Peak memory: one spawned process per size, 1 worker, so ru_maxrss is that run's "
         "own peak (it includes the ~interpreter and library baseline)."

@@ -6,8 +6,10 @@ issue 18 splits both along the same lines (decode queue, reuse cache, CLI input 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -28,8 +30,10 @@ from cohorts.dicom import (
     nodule_crop,
     read_series,
 )
+from cohorts.dicom import series as series_module
 from cohorts.dicom.curate import INDEX_COLUMNS, LABEL_COLUMNS, NODULE_COLUMNS
-from cohorts.dicom.series import slice_to_hu
+from cohorts.dicom.scan import SliceHeader, read_header
+from cohorts.dicom.series import slice_to_hu, validate_headers, volume_from_geometry
 from cohorts.privacy import date_shift_days, pseudonymise
 
 KEY = b"test-key"
@@ -146,6 +150,56 @@ def test_hu_and_orientation(
     np.testing.assert_allclose(volume.direction, np.eye(3), atol=1e-9)
     if not signed:
         assert (volume.hu[:, :2] == -1024).all()  # padding 4095 would be 3071 HU otherwise
+
+
+@pytest.mark.parametrize(("signed", "padding"), [(False, 4095), (True, None)])
+def test_native_slices_are_decoded_without_a_second_parse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signed: bool, padding: int | None
+) -> None:
+    """Native little-endian slices are decoded from where the header pass found their pixels:
+    no second dcmread, and the same HU as the full parse (per-slice rescale, padding, sign)."""
+    spec = write_ct_series(
+        tmp_path,
+        n_slices=6,
+        signed=signed,
+        intercept=0.0 if signed else -1024.0,
+        alternate_intercept=24.0 if signed else -1000.0,
+        slope=2.0 if signed else 1.0,
+        padding_value=padding,
+        padding_pixels=2 if padding is not None else 0,
+    )
+    headers = [read_header(p) for p in spec.paths]
+    assert all(isinstance(h, SliceHeader) and h.native is not None for h in headers)
+    geometry = validate_headers(headers)  # type: ignore[arg-type]
+    without = [dataclasses.replace(h, native=None) for h in geometry.headers]
+    parsed = volume_from_geometry(dataclasses.replace(geometry, headers=without))
+
+    def no_second_parse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the file was parsed again")
+
+    monkeypatch.setattr(series_module.pydicom, "dcmread", no_second_parse)
+    native = volume_from_geometry(geometry)
+    np.testing.assert_array_equal(native.hu, parsed.hu)
+    np.testing.assert_array_equal(native.hu, spec.hu)
+
+
+def test_compressed_or_changed_files_take_the_full_parse(tmp_path: Path) -> None:
+    """RLE has no native location; a file rewritten after the header pass is parsed again,
+    so its new pixels are the ones decoded (not bytes at a stale offset)."""
+    rle = write_ct_series(tmp_path / "rle", n_slices=2, transfer_syntax="rle")
+    assert all(read_header(p).native is None for p in rle.paths)  # type: ignore[union-attr]
+    spec = write_ct_series(tmp_path / "native", n_slices=6, intercept=-1024.0)
+    geometry = validate_headers([read_header(p) for p in spec.paths])  # type: ignore[misc]
+    first = geometry.headers[0].path
+    ds = pydicom.dcmread(first)
+    ds.PixelData = np.full((ds.Rows, ds.Columns), 1024, dtype=np.uint16).tobytes()
+    ds.ImageComments = "re-exported " * 20  # moves the pixel data: the old offset is stale
+    ds.save_as(first)
+    stat = first.stat()
+    os.utime(first, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    volume = volume_from_geometry(geometry)
+    assert (volume.hu[0] == 0).all()  # 1024 stored - 1024 intercept
+    np.testing.assert_array_equal(volume.hu[1:], spec.hu[1:])
 
 
 @pytest.mark.parametrize("transfer_syntax", ["explicit", "rle", "j2k"])

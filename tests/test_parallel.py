@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -58,3 +60,14 @@ def test_a_worker_that_dies_is_an_error_naming_the_step_not_a_hang() -> None:
     with pytest.raises(WorkerDied, match="^series: a worker process died"):
         list(pool_map(_die_on_three, list(range(8)), 2, "series", progress=False))
     assert multiprocessing.active_children() == []
+
+
+@pytest.mark.parametrize("entry_point", ["benchmarks.run", "orchestration.cli"])
+def test_entry_points_stay_light_for_pool_workers(entry_point: str) -> None:
+    """Every forkserver or spawn worker re-imports the parent's ``__main__`` (the ``lungjepa``
+    script imports orchestration.cli; ``python -m benchmarks.run``). When that imported torch
+    and Dagster, 2 curation workers ran 4x slower than 1 (issue 21); it must stay light."""
+    heavy = ("torch", "dagster", "feast", "onnxruntime")
+    code = f"import sys, {entry_point}; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", f"importing {entry_point} loads {out.stdout.strip()}"

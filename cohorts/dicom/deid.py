@@ -13,8 +13,12 @@ checks it). Private attributes, which the profile also removes, are never read b
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import lru_cache
 
 import pydicom
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+
+from cohorts.dicom.values import header_value, memoizable
 
 ANNEX_E_BASIC_PROFILE: tuple[str, ...] = (
     "AccessionNumber", "AcquisitionComments", "AcquisitionContextSequence", "AcquisitionDate",
@@ -99,13 +103,39 @@ ANNEX_E_BASIC_PROFILE: tuple[str, ...] = (
 _KEYWORDS = frozenset(ANNEX_E_BASIC_PROFILE)
 
 
+@lru_cache(maxsize=4096)
+def _tag_kind(tag: int) -> tuple[str, str]:
+    """(kind, keyword): kind "listed" (an Annex E keyword), "skip" (a known non-sequence),
+    or "look" (a known sequence, or a tag the dictionary does not know, private say, whose
+    element must be converted to see whether it is a sequence to descend into)."""
+    try:
+        keyword, vr = keyword_for_tag(tag), dictionary_VR(tag)
+    except KeyError:
+        return "look", ""
+    if keyword in _KEYWORDS:
+        return "listed", keyword
+    return ("look" if "SQ" in vr else "skip"), keyword
+
+
 def annex_e_values(ds: pydicom.Dataset) -> Iterator[tuple[str, str, str]]:
     """(keyword, VR, value) of every Annex E attribute in ``ds``, sequences included.
 
     Multi-valued elements give one value each; a listed sequence gives every value inside
     it (e.g. the names in OperatorIdentificationSequence). Empty values are skipped.
+
+    Only listed elements and possible sequences are converted from their raw bytes (the rest
+    are recognised by tag and VR), listed plain values through ``header_value``'s memo; an
+    element whose file VR says SQ is descended into whatever the dictionary says.
     """
-    for element in ds:
+    for tag, raw in list(ds.items()):  # raw or converted elements; iterating ds converts all
+        kind, keyword = _tag_kind(int(tag))
+        if kind == "skip" and getattr(raw, "VR", None) != "SQ":
+            continue
+        vr = memoizable(raw) if kind == "listed" else None
+        if vr is not None:
+            yield from _values_of(keyword, vr, header_value(ds, tag))
+            continue
+        element = ds[tag]
         keyword = element.keyword
         if element.VR == "SQ":
             for item in element.value or ():
@@ -127,11 +157,14 @@ def _all_values(ds: pydicom.Dataset, parent: str) -> Iterator[tuple[str, str, st
 
 
 def _values(keyword: str, element: pydicom.DataElement) -> Iterator[tuple[str, str, str]]:
-    if element.VR in ("OB", "OW", "OF", "OD", "OL", "OV", "UN"):
+    return _values_of(keyword, element.VR, element.value)
+
+
+def _values_of(keyword: str, vr: str, raw: object) -> Iterator[tuple[str, str, str]]:
+    if vr in ("OB", "OW", "OF", "OD", "OL", "OV", "UN"):
         return  # binary (e.g. DataSetTrailingPadding, MAC): no text to look for
-    raw = element.value
     values = raw if isinstance(raw, (list, tuple, pydicom.multival.MultiValue)) else [raw]
     for value in values:
         text = str(value).strip() if value is not None else ""
         if text:
-            yield keyword, element.VR, text
+            yield keyword, vr, text

@@ -4,7 +4,9 @@ A hospital export has any layout and any file names: DICOMDIR index files, files
 extension, text files and half-copied files sit beside the images. Every regular file is
 opened once with the pixel data deferred (its offset and length are read, not its bytes), so
 truncation can be spotted without decoding and a whole archive can be grouped with one
-series in memory at most.
+series in memory at most. For natively encoded little-endian pixels the header also records
+where they lie and how to decode them (``NativePixels``), so decoding a chosen series reads
+only the pixel bytes instead of parsing each file a second time.
 
 File-level reasons (``quarantine.parquet``):
 
@@ -30,17 +32,49 @@ import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import pydicom
+from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
 
 from cohorts.dicom.deid import annex_e_values
+from cohorts.dicom.values import header_value
 from cohorts.privacy import SYNTHETIC_DICOM_MARK
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _UID_LIKE = re.compile(r"^\d+(\.\d+){3,}$")
+
+
+_NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})  # implicit/explicit LE
+
+
+@dataclass(frozen=True)
+class NativePixels:
+    """Where a slice's uncompressed pixels lie in its file, and how they become HU.
+
+    Filled only when every value converted cleanly in the header pass: offset and length in
+    bytes of the PixelData value, pydicom's decode options (rows, columns, bits, signedness,
+    photometric interpretation), RescaleSlope / RescaleIntercept (finite) and the stored
+    padding value(s). Anything unusual leaves it None and the full-parse path decides.
+    """
+
+    offset: int
+    length: int
+    transfer_syntax: str
+    rows: int
+    columns: int
+    bits_allocated: int
+    bits_stored: int
+    pixel_representation: int
+    photometric: str
+    slope: float
+    intercept: float
+    padding: int | None
+    padding_limit: int | None
 
 
 @dataclass(frozen=True)
@@ -66,6 +100,7 @@ class SliceHeader:
     problem: str = ""  # a file-level reason when the file is an image that cannot be used
     identifiers: tuple[str, ...] = ()  # raw PHI strings, only to redact them from file paths
     synthetic: bool = False  # carries the built-in generator's mark (cohorts/privacy.py)
+    native: NativePixels | None = None  # set when the pixels can be read without a re-parse
 
 
 @dataclass
@@ -114,11 +149,83 @@ def _strings(value: object) -> tuple[str, ...]:
     return tuple(str(v).upper() for v in value)  # type: ignore[attr-defined]
 
 
+@lru_cache(maxsize=256)
+def _tag(keyword: str) -> int:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise KeyError(keyword)
+    return tag
+
+
+def _get(ds: pydicom.Dataset, keyword: str, default: object = None) -> Any:
+    """``ds.get(keyword, default)`` through ``header_value``'s memo of converted values."""
+    return header_value(ds, _tag(keyword), default)
+
+
+def stored_value(value: object, ds: pydicom.Dataset) -> int | None:
+    """A US-or-SS attribute as an int (implicit VR files may leave it as raw bytes)."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        signed = int(_get(ds, "PixelRepresentation", 0)) == 1
+        return int.from_bytes(value[:2], "little", signed=signed)
+    return int(value)  # type: ignore[call-overload]
+
+
+def _native_pixels(ds: pydicom.Dataset) -> NativePixels | None:
+    """``NativePixels`` for a single-frame, single-sample, little-endian native slice, or None.
+
+    None whenever a value is missing, odd or fails to convert: the decode step then parses
+    the whole file and reports the problem exactly as before.
+    """
+    try:
+        ts = str(ds.file_meta.TransferSyntaxUID)
+        raw = ds.get_item("PixelData", keep_deferred=True)
+        offset = getattr(raw, "value_tell", None)
+        length = getattr(raw, "length", None)
+        if ts not in _NATIVE_SYNTAXES or offset is None or length in (None, _UNDEFINED_LENGTH):
+            return None
+        if int(_get(ds, "SamplesPerPixel", 1)) != 1 or int(_get(ds, "NumberOfFrames", 1) or 1) != 1:
+            return None
+        bits = int(_get(ds, "BitsAllocated"))
+        photometric = str(_get(ds, "PhotometricInterpretation"))
+        rows, columns = int(_get(ds, "Rows")), int(_get(ds, "Columns"))
+        if bits not in (8, 16, 32) or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+            return None
+        if length < rows * columns * bits // 8:
+            return None
+        slope = float(_get(ds, "RescaleSlope", 1.0) or 1.0)
+        intercept = float(_get(ds, "RescaleIntercept", 0.0) or 0.0)
+        if not (math.isfinite(slope) and math.isfinite(intercept)):
+            return None
+        padding = stored_value(_get(ds, "PixelPaddingValue"), ds)
+        limit = (
+            stored_value(_get(ds, "PixelPaddingRangeLimit"), ds) if padding is not None else None
+        )
+        return NativePixels(
+            offset=int(offset),
+            length=int(length),
+            transfer_syntax=ts,
+            rows=rows,
+            columns=columns,
+            bits_allocated=bits,
+            bits_stored=int(_get(ds, "BitsStored", bits) or bits),
+            pixel_representation=int(_get(ds, "PixelRepresentation", 0) or 0),
+            photometric=photometric,
+            slope=slope,
+            intercept=intercept,
+            padding=padding,
+            padding_limit=limit,
+        )
+    except Exception:  # noqa: BLE001 - any doubt: the full-parse path judges the file
+        return None
+
+
 def _pixel_data_problem(ds: pydicom.Dataset, path: Path, size_bytes: int) -> str:
     """``missing_pixel_data`` / ``truncated`` / "" judged from the deferred element only."""
     if "PixelData" not in ds:
         return "missing_pixel_data"
-    raw = ds.get_item("PixelData")
+    raw = ds.get_item("PixelData", keep_deferred=True)  # without it pydicom reads the pixels
     value = getattr(raw, "value", None)
     tell = getattr(raw, "value_tell", None)
     declared = getattr(raw, "length", None)
@@ -135,11 +242,11 @@ def _pixel_data_problem(ds: pydicom.Dataset, path: Path, size_bytes: int) -> str
         return ""  # encapsulated frames: only decoding can tell
     if "Rows" in ds and "BitsAllocated" in ds:
         expected = (
-            int(ds.Rows)
-            * int(ds.Columns)
-            * int(ds.get("SamplesPerPixel", 1))
-            * int(ds.get("NumberOfFrames", 1) or 1)
-            * int(ds.BitsAllocated)
+            int(_get(ds, "Rows"))
+            * int(_get(ds, "Columns"))
+            * int(_get(ds, "SamplesPerPixel", 1))
+            * int(_get(ds, "NumberOfFrames", 1) or 1)
+            * int(_get(ds, "BitsAllocated"))
             // 8
         )
         if length < expected:
@@ -208,35 +315,36 @@ def read_header(path: Path) -> SliceHeader | tuple[Path, str] | None:
         sop_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
         if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
             return None
-        series_uid = str(ds.get("SeriesInstanceUID", "") or "")
+        series_uid = str(_get(ds, "SeriesInstanceUID", "") or "")
     except Exception:  # noqa: BLE001 - e.g. NotImplementedError for an unknown VR
         return path, "unreadable_header"
     if not series_uid:
         return path, "no_series_uid"
     try:
         problem = _pixel_data_problem(ds, path, stat.st_size)
-        study_date = str(ds.get("StudyDate", "") or ds.get("SeriesDate", "") or "")
-        thickness = ds.get("SliceThickness")
+        study_date = str(_get(ds, "StudyDate", "") or _get(ds, "SeriesDate", "") or "")
+        thickness = _get(ds, "SliceThickness")
         return SliceHeader(
             path=path,
             size_bytes=stat.st_size,
             mtime_ns=stat.st_mtime_ns,
             series_uid=series_uid,
-            study_uid=str(ds.get("StudyInstanceUID", "") or ""),
-            patient_id=str(ds.get("PatientID", "") or "") or f"no-patient-id:{series_uid}",
+            study_uid=str(_get(ds, "StudyInstanceUID", "") or ""),
+            patient_id=str(_get(ds, "PatientID", "") or "") or f"no-patient-id:{series_uid}",
             study_date=study_date,
-            modality=str(ds.get("Modality", "") or ""),
-            image_type=_strings(ds.get("ImageType")),
-            position_mm=_floats(ds.get("ImagePositionPatient"), 3),  # type: ignore[arg-type]
-            orientation=_floats(ds.get("ImageOrientationPatient"), 6),  # type: ignore[arg-type]
-            pixel_spacing_mm=_floats(ds.get("PixelSpacing"), 2),  # type: ignore[arg-type]
+            modality=str(_get(ds, "Modality", "") or ""),
+            image_type=_strings(_get(ds, "ImageType")),
+            position_mm=_floats(_get(ds, "ImagePositionPatient"), 3),  # type: ignore[arg-type]
+            orientation=_floats(_get(ds, "ImageOrientationPatient"), 6),  # type: ignore[arg-type]
+            pixel_spacing_mm=_floats(_get(ds, "PixelSpacing"), 2),  # type: ignore[arg-type]
             slice_thickness_mm=_positive_or_none(thickness),
-            rows=int(ds.get("Rows", 0) or 0),
-            columns=int(ds.get("Columns", 0) or 0),
-            n_frames=int(ds.get("NumberOfFrames", 1) or 1),
+            rows=int(_get(ds, "Rows", 0) or 0),
+            columns=int(_get(ds, "Columns", 0) or 0),
+            n_frames=int(_get(ds, "NumberOfFrames", 1) or 1),
             problem=problem,
             identifiers=_identifiers(ds),
-            synthetic=str(ds.get("DeidentificationMethod", "") or "") == SYNTHETIC_DICOM_MARK,
+            synthetic=str(_get(ds, "DeidentificationMethod", "") or "") == SYNTHETIC_DICOM_MARK,
+            native=None if problem else _native_pixels(ds),
         )
     except Exception:  # noqa: BLE001 - a value that does not convert is a broken header
         return path, "unreadable_header"

@@ -29,14 +29,16 @@ Series-level reasons (``index.parquet``; ``reason`` is ``"<token>"`` or ``"<toke
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.pixels import get_decoder
 
-from cohorts.dicom.scan import SliceHeader, read_header
+from cohorts.dicom.scan import SliceHeader, read_header, stored_value
 
 HU_MIN = -1024  # air; padding and values outside the scan field of view are set to this
 HU_MAX = 32767
@@ -213,16 +215,6 @@ def validate_headers(headers: Sequence[SliceHeader], min_slices: int = 1) -> Ser
     return geometry
 
 
-def _stored_value(value: object, ds: pydicom.Dataset) -> int | None:
-    """A US-or-SS attribute as an int (implicit VR files may leave it as raw bytes)."""
-    if value is None:
-        return None
-    if isinstance(value, bytes):
-        signed = int(ds.get("PixelRepresentation", 0)) == 1
-        return int.from_bytes(value[:2], "little", signed=signed)
-    return int(value)  # type: ignore[call-overload]
-
-
 def slice_to_hu(ds: pydicom.Dataset, path: Path) -> np.ndarray:
     """One slice in HU (float32): padding to air, then per-slice slope and intercept."""
     try:
@@ -240,13 +232,72 @@ def slice_to_hu(ds: pydicom.Dataset, path: Path) -> np.ndarray:
         raise SeriesError("bad_rescale", "slope or intercept not a number", files=[path]) from exc
     if not (np.isfinite(slope) and np.isfinite(intercept)):
         raise SeriesError("bad_rescale", f"slope {slope}, intercept {intercept}", files=[path])
+    padding = stored_value(ds.get("PixelPaddingValue"), ds)
+    limit = stored_value(ds.get("PixelPaddingRangeLimit"), ds) if padding is not None else None
+    return _to_hu(stored, slope, intercept, padding, limit)
+
+
+def _to_hu(
+    stored: np.ndarray, slope: float, intercept: float, padding: int | None, limit: int | None
+) -> np.ndarray:
+    """Stored values -> HU (float32), with the padding value (or range) set to air."""
     hu = stored.astype(np.float32) * np.float32(slope) + np.float32(intercept)
-    padding = _stored_value(ds.get("PixelPaddingValue"), ds)
     if padding is not None:
-        limit = _stored_value(ds.get("PixelPaddingRangeLimit"), ds)
         lo, hi = (padding, padding) if limit is None else sorted((padding, limit))
         hu[(stored >= lo) & (stored <= hi)] = HU_MIN
     return hu
+
+
+def _native_slice_hu(header: SliceHeader) -> np.ndarray | None:
+    """The slice in HU from its recorded pixel location, or None to take the full-parse path.
+
+    Reads only the PixelData bytes and decodes them with pydicom's own native decoder (same
+    bit handling as ``pixel_array``). None when the header pass found no ``NativePixels`` or
+    the file changed since (size or mtime differ): the full parse then judges it.
+    """
+    native = header.native
+    if native is None:
+        return None
+    try:
+        with open(header.path, "rb") as fh:
+            stat = os.fstat(fh.fileno())
+            if stat.st_size != header.size_bytes or stat.st_mtime_ns != header.mtime_ns:
+                return None
+            fh.seek(native.offset)
+            buffer = fh.read(native.length)
+        stored, _ = get_decoder(native.transfer_syntax).as_array(
+            buffer,
+            rows=native.rows,
+            columns=native.columns,
+            samples_per_pixel=1,
+            number_of_frames=1,
+            bits_allocated=native.bits_allocated,
+            bits_stored=native.bits_stored,
+            pixel_representation=native.pixel_representation,
+            photometric_interpretation=native.photometric,
+            pixel_keyword="PixelData",
+        )
+    except Exception:  # noqa: BLE001 - anything odd: the full parse names the problem
+        return None
+    if stored.shape != (native.rows, native.columns):
+        return None
+    return _to_hu(stored, native.slope, native.intercept, native.padding, native.padding_limit)
+
+
+def _parsed_slice_hu(header: SliceHeader) -> np.ndarray:
+    """The slice in HU from a full parse of its file; raises ``SeriesError`` with the reason."""
+    try:
+        ds = pydicom.dcmread(header.path)
+    except Exception as exc:  # noqa: BLE001 - file changed or broke after the header scan
+        raise SeriesError("truncated", "pixel data unreadable", files=[header.path]) from exc
+    if "PixelData" not in ds:
+        raise SeriesError("missing_pixel_data", files=[header.path])
+    try:
+        return slice_to_hu(ds, header.path)
+    except SeriesError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged element read lazily, e.g. padding
+        raise SeriesError("unreadable_header", type(exc).__name__, files=[header.path]) from exc
 
 
 def read_series(paths: Sequence[Path], min_slices: int = 1) -> CTVolume:
@@ -273,18 +324,9 @@ def volume_from_geometry(geometry: SeriesGeometry) -> CTVolume:
     """Decode the sorted slices of a checked series into a ``CTVolume``."""
     hu = np.empty(geometry.shape, dtype=np.int16)
     for k, header in enumerate(geometry.headers):
-        try:
-            ds = pydicom.dcmread(header.path)
-        except Exception as exc:  # noqa: BLE001 - file changed or broke after the header scan
-            raise SeriesError("truncated", "pixel data unreadable", files=[header.path]) from exc
-        if "PixelData" not in ds:
-            raise SeriesError("missing_pixel_data", files=[header.path])
-        try:
-            slice_hu = slice_to_hu(ds, header.path)
-        except SeriesError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a damaged element read lazily, e.g. padding
-            raise SeriesError("unreadable_header", type(exc).__name__, files=[header.path]) from exc
+        slice_hu = _native_slice_hu(header)
+        if slice_hu is None:
+            slice_hu = _parsed_slice_hu(header)
         if slice_hu.shape != geometry.shape[1:]:
             raise SeriesError("mixed_size", f"pixel array {slice_hu.shape}", files=[header.path])
         hu[k] = np.clip(np.rint(slice_hu), HU_MIN, HU_MAX).astype(np.int16)

@@ -194,6 +194,28 @@ def test_annex_e_values_are_read_from_headers_and_sequences(tmp_path: Path) -> N
     assert "1947-03-22" in phi.dates and phi.short["PatientSex"] == 1
 
 
+def test_annex_e_values_inside_unlisted_and_private_sequences(tmp_path: Path) -> None:
+    """A listed value nested in a sequence the profile does not list, or in a private
+    sequence the dictionary does not know, is still found once the file is read back."""
+    from pydicom.dataset import Dataset
+
+    spec = write_ct_series(tmp_path / "s", n_slices=2)
+    ds = pydicom.dcmread(spec.paths[0])
+    nested = Dataset()
+    nested.OperatorsName = "Kerr^Lena"
+    ds.AnatomicRegionSequence = [nested]  # known, not in Annex E
+    hidden = Dataset()
+    hidden.PatientName = "Vale^Oskar"
+    block = ds.private_block(0x0029, "LUNGJEPA TEST", create=True)
+    block.add_new(0x10, "SQ", [hidden])
+    path = tmp_path / "nested.dcm"
+    ds.save_as(path)
+    phi = Phi()
+    for keyword, vr, value in annex_e_values(pydicom.dcmread(path, defer_size="1 KB")):
+        phi.add(keyword, vr, value)
+    assert {"Kerr^Lena", "Vale^Oskar", PHI["patient_id"]} <= phi.text
+
+
 def test_curation_by_cli_leaks_no_phi_and_no_key(tmp_path: Path, figures: dict[str, Any]) -> None:
     raw, out = tmp_path / "raw", tmp_path / "curated"
     specs = [

@@ -33,7 +33,7 @@ from cohorts.files import atomic_write_bytes
 from cohorts.privacy import pseudonymise
 from models.onnx_runtime import predict_onnx
 from orchestration.params import privacy_config, section
-from orchestration.predict import (
+from serving.predict import (
     CurationSettings,
     PredictRequest,
     crop_nodule,
@@ -51,7 +51,8 @@ PROFILE = "tiny"  # of a pipeline built here
 
 
 IMPORTS_ONLY = (
-    "from orchestration import cli, predict\n"
+    "from orchestration import cli\n"
+    "from serving import predict\n"
     "from cohorts.privacy import resolve_key\n"
     "with predict.refuse_torch():\n"
     "    import feature_repo.store\n"

@@ -367,6 +367,53 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serving_dirs(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(data folder with feast/, artifacts folder): the flags, else params.yaml paths."""
+    paths = section("paths")
+    data_dir = resolve_path(args.data_dir or paths["data"])
+    return data_dir, resolve_path(args.artifacts_dir or paths["artifacts"])
+
+
+def _serving_curation() -> Any:
+    """The curation settings a prediction must share with training (params.yaml)."""
+    from serving.predict import CurationSettings
+
+    return CurationSettings(
+        min_slices=int(section("curate")["min_slices"]),
+        date_shift_max_days=privacy_config().date_shift_max_days,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The prediction service (serving/http.py): models and feature store kept open."""
+    from serving.http import serve
+    from serving.service import PredictionService, ServiceConfig
+
+    data_dir, artifacts_dir = _serving_dirs(args)
+    service = PredictionService(
+        ServiceConfig(
+            artifacts_dir=artifacts_dir,
+            data_dir=data_dir,
+            feature_repo_dir=REPO_ROOT / "feature_repo",
+            curation=_serving_curation(),
+        )
+    )
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"lungjepa serve: listening on {args.host}, beyond this machine: put it behind the "
+            "hospital's TLS proxy and access control",
+            file=sys.stderr,
+        )
+    health = service.health()
+    print(
+        f"lungjepa serve: http://{args.host}:{args.port} ({health['status']}, production "
+        f"{health['production_version']}); POST /predict, /predict/batch; GET /health, /models",
+        file=sys.stderr,
+    )
+    serve(service, args.host, args.port)
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """Torch-free: reads DICOM with the curation code, Feast online features, verified ONNX.
 
@@ -374,9 +421,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     could not be predicted (each such row carries its ``error``).
     """
     from models.onnx_runtime import ModelIntegrityError
-    from orchestration.predict import (
+    from serving.predict import (
         BatchRequest,
-        CurationSettings,
         PredictionError,
         PredictRequest,
         parse_date,
@@ -395,13 +441,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    paths, curate = section("paths"), section("curate")
-    data_dir = resolve_path(args.data_dir or paths["data"])
-    artifacts_dir = resolve_path(args.artifacts_dir or paths["artifacts"])
-    settings = CurationSettings(
-        min_slices=int(curate["min_slices"]),
-        date_shift_max_days=privacy_config().date_shift_max_days,
-    )
+    data_dir, artifacts_dir = _serving_dirs(args)
+    settings = _serving_curation()
     try:
         model_path = resolve_model_path(args.model, artifacts_dir)
         if args.annotations:
@@ -543,6 +584,15 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--data-dir", help="data folder with feast/ (default: params paths.data)")
     pred.add_argument("--artifacts-dir", help="artifacts folder (default: params paths.artifacts)")
     pred.set_defaults(func=cmd_predict)
+
+    srv = sub.add_parser(
+        "serve", help="HTTP prediction service: models and Feast kept open (no torch)"
+    )
+    srv.add_argument("--host", default="127.0.0.1", help="default loopback only")
+    srv.add_argument("--port", type=int, default=8765)
+    srv.add_argument("--data-dir", help="data folder with feast/ (default: params paths.data)")
+    srv.add_argument("--artifacts-dir", help="artifacts folder (default: params paths.artifacts)")
+    srv.set_defaults(func=cmd_serve)
     return parser
 
 

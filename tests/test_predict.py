@@ -29,7 +29,7 @@ from feature_repo.store import online_features, open_store
 from models.onnx_runtime import load_verified_session, predict_onnx
 from orchestration import cli
 from orchestration.params import privacy_config
-from orchestration.predict import (
+from serving.predict import (
     EhrInput,
     ModelSpec,
     PredictionError,

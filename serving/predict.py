@@ -11,8 +11,12 @@ the store is opened with torch imports refused, so the predict process never loa
 Ids on input are the hospital's (MRN, DICOM UIDs); everything printed uses the pseudonyms
 curation writes (``cohorts.privacy``), so the output joins the curated data and holds no PHI.
 
-Size: over 450 lines, and domain code in the orchestration layer; issue 18 moves it into a
-torch-free serving package that shares curation's series-selection rule.
+Each entry point has a ``*_loaded`` twin that takes an open session and a feature-store
+opener, so ``serving.service`` can keep both open between requests; the CLI opens them per
+call.
+
+Size: over 450 lines because single and batch prediction share their readers here; issue 18
+splits the DICOM reading (shared with curation's series-selection rule) from the features.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import datetime as dt
 import importlib.abc
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -381,19 +385,30 @@ def _present(value: Any) -> bool:
         return False
 
 
-def online_ehr(
-    patient_pseudonym: str, names: Sequence[str], scan_date: dt.date, data_dir: Path, repo_dir: Path
-) -> EhrInput | None:
-    """The patient's latest features from the Feast online store; None when it has no row."""
+def open_feature_store(data_dir: Path, repo_dir: Path) -> Any:
+    """The Feast store of ``data_dir`` (torch imports refused); PredictionError if none."""
     with refuse_torch():
-        from feature_repo.store import feast_dir, has_registry, online_features, open_store
+        from feature_repo.store import feast_dir, has_registry, open_store
     if not has_registry(data_dir):
         raise PredictionError(
             f"no feature store under {feast_dir(data_dir)} (run `lungjepa features`, or pass "
             "--features-json)"
         )
-    store = open_store(repo_dir, data_dir)
-    row = online_features(store, [patient_pseudonym]).iloc[0].to_dict()
+    return open_store(repo_dir, data_dir)
+
+
+def online_rows(store: Any, patient_pseudonyms: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Each patient's latest online features (one Feast read for all of them)."""
+    with refuse_torch():
+        from feature_repo.store import online_feature_rows
+    return online_feature_rows(store, list(patient_pseudonyms))
+
+
+def online_ehr(
+    store: Any, patient_pseudonym: str, names: Sequence[str], scan_date: dt.date
+) -> EhrInput | None:
+    """The patient's latest features from the Feast online store; None when it has no row."""
+    row = online_rows(store, [patient_pseudonym])[patient_pseudonym]
     feature_values = {k: v for k, v in row.items() if k != "patient_id"}
     if not any(_present(v) for v in feature_values.values()):
         return None
@@ -409,11 +424,18 @@ def json_ehr(path: Path, names: Sequence[str], scan_date: dt.date, shift_days: i
         raw = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise PredictionError(f"--features-json {path}: {exc}") from exc
+    return mapping_ehr(raw, names, scan_date, shift_days, f"--features-json {path}")
+
+
+def mapping_ehr(
+    raw: object, names: Sequence[str], scan_date: dt.date, shift_days: int, where: str
+) -> EhrInput:
+    """Features given by the caller as {name: value} (``where`` names them in errors)."""
     if not isinstance(raw, dict):
-        raise PredictionError(f"--features-json {path}: expected an object of name: value")
+        raise PredictionError(f"{where}: expected an object of name: value")
     needed = [n for n in names if n not in raw and not (n == AGE_AT_SCAN and YEAR_OF_BIRTH in raw)]
     if needed:
-        raise PredictionError(f"--features-json {path} lacks the model's features {needed}")
+        raise PredictionError(f"{where} lacks the model's features {needed}")
     return ehr_vector(raw, names, scan_date, "features_json", shift_days)
 
 
@@ -458,23 +480,42 @@ class PredictRequest:
     diameter_mm: float | None = None
     features_json: Path | None = None
     allow_missing_ehr: bool = False
+    features: dict[str, Any] | None = None  # inline {name: value}, instead of features_json
+
+
+StoreOpener = Callable[[], Any]
+"""Returns the open Feast store; called only when a prediction needs online features."""
 
 
 def predict(request: PredictRequest) -> dict[str, Any]:
     """Read, crop, fetch features, run the verified model; the JSON-ready result."""
     session, spec = load_model(request.model_path)
+    return predict_loaded(
+        request,
+        session,
+        spec,
+        lambda: open_feature_store(request.data_dir, request.feature_repo_dir),
+    )
+
+
+def predict_loaded(
+    request: PredictRequest, session: Any, spec: ModelSpec, store: StoreOpener
+) -> dict[str, Any]:
+    """``predict`` with the verified session already open and the store behind ``store``."""
     scan = read_scan(request.dicom_dir, request.patient_id, request.curation, request.at)
     key = scan.pseudonym_key
     patient = pseudonymise(request.patient_id, key, "patient")
     crop = crop_nodule(scan.volume, request.nodule_xyz_mm, spec)
     warnings = list(scan.warnings)
     names = spec.ehr_feature_names
-    if request.features_json is not None:
-        ehr: EhrInput | None = json_ehr(
-            request.features_json, names, scan.scan_date, scan.date_shift_days
+    if request.features is not None:
+        ehr: EhrInput | None = mapping_ehr(
+            request.features, names, scan.scan_date, scan.date_shift_days, "features"
         )
+    elif request.features_json is not None:
+        ehr = json_ehr(request.features_json, names, scan.scan_date, scan.date_shift_days)
     else:
-        ehr = online_ehr(patient, names, scan.scan_date, request.data_dir, request.feature_repo_dir)
+        ehr = online_ehr(store(), patient, names, scan.scan_date)
     if ehr is None:
         if not request.allow_missing_ehr:
             raise PredictionError(
@@ -534,25 +575,40 @@ def predict(request: PredictRequest) -> dict[str, Any]:
 class BatchRequest:
     """`lungjepa predict --annotations CSV --dicom-root DIR`: one prediction per CSV row."""
 
-    annotations_csv: Path
+    annotations_csv: Path | None
     dicom_root: Path
     model_path: Path
     data_dir: Path
     feature_repo_dir: Path
     curation: CurationSettings
     allow_missing_ehr: bool = False
+    annotations: tuple[dict[str, Any], ...] | None = None  # inline rows, instead of the CSV
 
 
-def _read_annotation_rows(path: Path) -> pd.DataFrame:
-    try:
-        frame = pd.read_csv(path, dtype={"seriesuid": str})
-    except (OSError, pd.errors.ParserError) as exc:
-        raise PredictionError(f"--annotations {path}: {exc}") from exc
-    needed = ["seriesuid", "coordX", "coordY", "coordZ"]
-    missing = [c for c in needed if c not in frame.columns]
+ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ")
+
+
+def _read_annotation_rows(request: BatchRequest) -> pd.DataFrame:
+    """The batch's rows, from the CSV or given inline; PredictionError names what is wrong."""
+    if request.annotations is not None:
+        where = "annotations"
+        if not all(isinstance(row, dict) for row in request.annotations):
+            raise PredictionError("annotations: expected a list of objects")
+        frame = pd.DataFrame(list(request.annotations))
+    else:
+        where = f"--annotations {request.annotations_csv}"
+        try:
+            frame = pd.read_csv(request.annotations_csv, dtype={"seriesuid": str})  # type: ignore[arg-type]
+        except (OSError, ValueError, pd.errors.ParserError) as exc:
+            raise PredictionError(f"{where}: {exc}") from exc
+    missing = [c for c in ANNOTATION_COLUMNS if c not in frame.columns]
     if missing:
-        raise PredictionError(f"--annotations {path} lacks columns {missing} (LUNA16 format)")
-    return frame
+        raise PredictionError(f"{where} lacks columns {missing} (LUNA16 format)")
+    coords = frame[["coordX", "coordY", "coordZ"]].apply(pd.to_numeric, errors="coerce")
+    bad = [int(i) for i in coords.index[~np.isfinite(coords.to_numpy(float)).all(axis=1)]]
+    if bad:
+        raise PredictionError(f"{where}: rows {bad[:5]} have coordinates that are not numbers")
+    return frame.assign(seriesuid=frame["seriesuid"].astype(str))
 
 
 def predict_batch(request: BatchRequest) -> list[dict[str, Any]]:
@@ -562,7 +618,19 @@ def predict_batch(request: BatchRequest) -> list[dict[str, Any]]:
     all patients, and the model runs on the whole batch.
     """
     session, spec = load_model(request.model_path)
-    frame = _read_annotation_rows(request.annotations_csv)
+    return predict_batch_loaded(
+        request,
+        session,
+        spec,
+        lambda: open_feature_store(request.data_dir, request.feature_repo_dir),
+    )
+
+
+def predict_batch_loaded(
+    request: BatchRequest, session: Any, spec: ModelSpec, store: StoreOpener
+) -> list[dict[str, Any]]:
+    """``predict_batch`` with the verified session already open and the store behind ``store``."""
+    frame = _read_annotation_rows(request)
     if not Path(request.dicom_root).is_dir():
         raise PredictionError(f"DICOM folder not found: {request.dicom_root}")
     tree = scan_dicom_tree(Path(request.dicom_root))
@@ -593,15 +661,11 @@ def predict_batch(request: BatchRequest) -> list[dict[str, Any]]:
         ready.append((row, crop, patient, scan_date))
     if not ready:
         return results
-    with refuse_torch():
-        from feature_repo.store import online_features, open_store
-    store = open_store(request.feature_repo_dir, request.data_dir)
-    patients = sorted({patient for _, _, patient, _ in ready})
-    online = online_features(store, patients).set_index("patient_id")
+    online = online_rows(store(), sorted({patient for _, _, patient, _ in ready}))
     batch: list[tuple[np.ndarray, ...]] = []
     rows: list[int] = []
     for row, crop, patient, scan_date in ready:
-        raw = online.loc[patient].to_dict()
+        raw = {k: v for k, v in online[patient].items() if k != "patient_id"}
         ehr: EhrInput | None = None
         if any(_present(v) for v in raw.values()):
             ehr = ehr_vector(raw, spec.ehr_feature_names, scan_date, "feast_online")

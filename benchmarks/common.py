@@ -28,6 +28,7 @@ ORDER: tuple[str, ...] = (
     "feast_online",
     "pipeline",  # before predict, which reuses its output
     "predict",
+    "serve",  # after pipeline too: it reuses that run's model and store
     "scaling",
 )
 """Benchmark names in run and report order."""

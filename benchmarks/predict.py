@@ -40,10 +40,12 @@ from serving.predict import (
     load_model,
     model_inputs,
     online_ehr,
+    open_feature_store,
     predict,
     read_scan,
     resolve_model_path,
 )
+from serving.service import PredictionService, ServiceConfig
 
 COMMAND = "python -m benchmarks.run --only predict"
 REPO = Path(__file__).resolve().parents[1]
@@ -169,17 +171,30 @@ def run(
     scan = read_scan(request.dicom_dir, request.patient_id, settings)
     crop = crop_nodule(scan.volume, request.nodule_xyz_mm, spec)
     patient = pseudonymise(request.patient_id, scan.pseudonym_key, "patient")
-    ehr = online_ehr(
-        patient, spec.ehr_feature_names, scan.scan_date, root / "data", REPO / "feature_repo"
-    )
+    store = open_feature_store(root / "data", REPO / "feature_repo")
+    ehr = online_ehr(store, patient, spec.ehr_feature_names, scan.scan_date)
     if ehr is None:
         raise RuntimeError(f"patient {patient} has no online features in the {profile} store")
     inputs = model_inputs(crop, ehr, spec)
 
+    service = PredictionService(
+        ServiceConfig(
+            artifacts_dir=root / "artifacts",
+            data_dir=root / "data",
+            feature_repo_dir=REPO / "feature_repo",
+            curation=settings,
+        )
+    )
+    body = {
+        "dicom_dir": str(case["folder"]),
+        "nodule_xyz_mm": list(case["nodule"]),
+        "patient_id": case["mrn"],
+    }
     reps = size.reps * 4
     timed = interleaved(
         {
             "end to end": lambda: predict(request)["probability"],
+            "service": lambda: service.predict(body)["probability"],
             "model only": lambda: float(predict_onnx(session, inputs)[0]),
         },
         reps=reps,
@@ -188,6 +203,7 @@ def run(
     medians = {}
     for name, label in (
         ("end to end", "predict() in-process, end to end"),
+        ("service", "PredictionService.predict(), session and store kept open"),
         ("model only", "predict_onnx() alone, same inputs"),
     ):
         medians[name] = result.add(label, "ms", [s * 1e3 for s, _ in timed[name]])["median"]
@@ -197,7 +213,12 @@ def run(
         "how many times the model call a whole prediction costs (the rest: session open, "
         "DICOM read, crop, Feast lookup)",
     )
-    probabilities = [p for _, p in timed["end to end"]] + [p for _, p in timed["model only"]]
+    result.ratio(
+        "predict() / service (in-process)",
+        medians["end to end"] / medians["service"],
+        "what reopening and re-verifying the model and the store on every call costs",
+    )
+    probabilities = [p for name in timed for _, p in timed[name]]
 
     argv = _cli_argv(root, case, profile)
     help_argv = [sys.executable, "-m", "orchestration.cli", "predict", "--help"]

@@ -54,6 +54,7 @@ BENCHMARKS: dict[str, Callable[[BenchSize, Path], BenchResult]] = {
     "pipeline": _lazy("pipeline", "run_pipeline"),
     "scaling": _lazy("pipeline", "run_scaling"),
     "predict": _lazy("predict", "run"),
+    "serve": _lazy("serve", "run"),
 }
 # A benchmark missing from ORDER would be measured and then silently left out of the report.
 if set(BENCHMARKS) != set(ORDER):

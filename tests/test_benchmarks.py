@@ -28,6 +28,7 @@ from benchmarks import (  # noqa: E402
     jepa,
     pipeline,
     predict,
+    serve,
     synthetic,
 )
 from benchmarks.common import TOY, BenchResult, interleaved, summarise  # noqa: E402
@@ -169,6 +170,19 @@ def test_predict_benchmark_on_the_shared_tiny_pipeline(
     )
     assert record["ratios"][0]["value"] == pytest.approx(e2e / model)
     assert not (tmp_path / "predict" / "pipeline").exists()  # reused, not rebuilt
+
+
+def test_serve_benchmark_on_the_shared_tiny_pipeline(tiny_pipeline: tuple, tmp_path: Path) -> None:
+    """A real `serve` process answers every single and batch request of the smoke run."""
+    root, _, run_result = tiny_pipeline
+    assert run_result.success, "the tiny pipeline failed; the serve benchmark needs its model"
+    record = _check(serve.run(TOY, tmp_path, pipeline_root=root), "serve")
+    rows = _by_label(record)
+    assert record["config"]["errors"] == 0, record["config"]["error_kinds"]
+    assert rows["single case, end to end"]["n"] == record["config"]["single_requests"] > 0
+    assert rows["batch of 32 rows, end to end"]["n"] == record["config"]["batch_requests"] > 0
+    ratio = rows["batch-32 throughput"]["median"] / rows["single-case throughput"]["median"]
+    assert record["ratios"][0]["value"] == pytest.approx(ratio)
 
 
 def test_run_all_merges_and_renders(tmp_path: Path) -> None:

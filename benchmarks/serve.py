@@ -1,0 +1,193 @@
+"""`lungjepa serve` over loopback HTTP: single-case latency and batch-32 throughput.
+
+A real server process (`python -m orchestration.cli --profile <profile> serve`) answers a
+client in this process. The cases are internal patients' DICOM exports (each patient's files
+copied into a folder of its own) and their largest annotated nodule, asked in turn, so the
+figures include reading and decoding a different series on every request. Requests are
+bounded: one at a time, each with a timeout; every answer that is not 200 counts as an error.
+
+Rounds interleave a block of single-case requests with one batch request of 32 LUNA16 rows
+(the series those rows name copied under one root), so a slow spell hits both. Throughput:
+cases per second of the requests' own wall time.
+
+The model and store are the pipeline benchmark's (when it ran first) or a tiny pipeline
+built here, as for `predict`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from benchmarks.common import BenchResult, BenchSize, percentiles_ms
+from benchmarks.predict import PROFILE, REPO, _finished_pipeline, build_pipeline
+from cohorts.dicom.scan import scan_dicom_tree
+from cohorts.files import atomic_write_bytes
+
+COMMAND = "python -m benchmarks.run --only serve"
+BATCH = 32
+
+
+def post(base: str, path: str, body: dict[str, Any], timeout_s: float = 60.0) -> tuple[int, Any]:
+    """(HTTP status, parsed JSON answer) of one bounded POST."""
+    request = urllib.request.Request(
+        base + path, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def cases_and_batch(root: Path, out_dir: Path, n_cases: int) -> tuple[list[dict], dict]:
+    """Up to ``n_cases`` single-case bodies (one patient's files per folder) and a batch
+    body of ``BATCH`` annotation rows whose series are copied under one root."""
+    raw = root / "data" / "raw" / "internal"
+    tree = scan_dicom_tree(raw / "dicom")
+    annotations = pd.read_csv(raw / "annotations.csv", dtype={"seriesuid": str})
+    annotated = annotations[annotations["seriesuid"].isin(tree.series)]
+    by_patient: dict[str, list[str]] = {}
+    for uid in sorted(tree.series):
+        by_patient.setdefault(tree.series[uid][0].patient_id, []).append(uid)
+    cases = []
+    for mrn in sorted(by_patient):
+        uids = [u for u in by_patient[mrn] if u in set(annotated["seriesuid"])]
+        if not uids:
+            continue
+        latest = max(uids, key=lambda u: tree.series[u][0].study_date)
+        row = annotated[annotated["seriesuid"] == latest].sort_values("diameter_mm").iloc[-1]
+        folder = out_dir / f"case{len(cases):03d}"
+        for n, uid in enumerate(by_patient[mrn]):
+            for k, header in enumerate(tree.series[uid]):
+                atomic_write_bytes(folder / f"s{n}" / f"{k:04d}", Path(header.path).read_bytes())
+        cases.append(
+            {
+                "dicom_dir": str(folder),
+                "nodule_xyz_mm": [float(row["coordX"]), float(row["coordY"]), float(row["coordZ"])],
+                "patient_id": mrn,
+            }
+        )
+        if len(cases) == n_cases:
+            break
+    rows = annotated.head(BATCH)
+    batch_root = out_dir / "batch"
+    for n, uid in enumerate(sorted(set(rows["seriesuid"]))):
+        for k, header in enumerate(tree.series[uid]):
+            atomic_write_bytes(batch_root / f"s{n}" / f"{k:04d}", Path(header.path).read_bytes())
+    batch = {
+        "dicom_root": str(batch_root),
+        "annotations": rows[["seriesuid", "coordX", "coordY", "coordZ"]].to_dict("records"),
+        "allow_missing_ehr": True,
+    }
+    return cases, batch
+
+
+def start_server(root: Path, profile: str, log_path: Path) -> tuple[subprocess.Popen, str]:
+    """The `serve` command on a free loopback port, once /health answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    argv = [
+        sys.executable, "-m", "orchestration.cli", "--profile", profile, "serve",
+        "--port", str(port), "--data-dir", str(root / "data"),
+        "--artifacts-dir", str(root / "artifacts"),
+    ]  # fmt: skip
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"serve exited {proc.returncode}: {log_path.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(base + "/health", timeout=5) as response:
+                if response.status == 200:
+                    return proc, base
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.2)
+    proc.terminate()
+    raise RuntimeError(f"serve did not answer /health in 120 s: {log_path.read_text()[-2000:]}")
+
+
+def run(
+    size: BenchSize, work_dir: Path, pipeline_root: Path | None = None, profile: str = PROFILE
+) -> BenchResult:
+    result = BenchResult("serve", "Prediction service over loopback HTTP", COMMAND)
+    root = pipeline_root
+    if root is None and (finished := _finished_pipeline(work_dir)) is not None:
+        root, profile = finished
+        result.notes.append(f"Model and store: the pipeline benchmark's {profile} run.")
+    if root is None:
+        profile = PROFILE
+        root = work_dir / "serve" / "pipeline"
+        build_pipeline(root)
+        result.notes.append("Model and store: a tiny pipeline built for this run.")
+    out = work_dir / "serve" / "cases"
+    cases, batch = cases_and_batch(root, out, n_cases=16)
+    singles = 500 if size.name == "full" else 40
+    rounds = 10 if size.name == "full" else 2
+    proc, base = start_server(root, profile, work_dir / "serve" / "serve.log")
+    try:
+        for body in cases[:2]:  # warm-up: open the model and the store
+            post(base, "/predict", body)
+        post(base, "/predict/batch", batch)
+        single_s: list[float] = []
+        batch_s: list[float] = []
+        errors: dict[str, int] = {}
+        asked = 0
+        for _round in range(rounds):
+            for _ in range(singles // rounds):
+                started = time.perf_counter()
+                status, answer = post(base, "/predict", cases[asked % len(cases)])
+                single_s.append(time.perf_counter() - started)
+                asked += 1
+                if status != 200:
+                    errors[f"single {status}"] = errors.get(f"single {status}", 0) + 1
+            started = time.perf_counter()
+            status, answer = post(base, "/predict/batch", batch)
+            batch_s.append(time.perf_counter() - started)
+            if status != 200 or answer.get("failed"):
+                errors[f"batch {status}"] = errors.get(f"batch {status}", 0) + 1
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    pct = percentiles_ms(single_s)
+    result.add("single case, end to end", "ms", [s * 1e3 for s in single_s], **pct)
+    result.add(f"batch of {BATCH} rows, end to end", "ms", [s * 1e3 for s in batch_s])
+    single_rate = len(single_s) / sum(single_s)
+    batch_rate = BATCH * len(batch_s) / sum(batch_s)
+    result.add("single-case throughput", "cases/s", [single_rate])
+    result.add(f"batch-{BATCH} throughput", "cases/s", [batch_rate])
+    result.ratio(
+        f"batch-{BATCH} / single-case throughput",
+        batch_rate / single_rate,
+        "cases per second a batch request gets over one case per request (target >= 10)",
+    )
+    result.ratio(
+        "single-case p99 / p50",
+        pct["p99_ms"] / pct["p50_ms"],
+        "tail over median latency (target: p50 <= 60 ms, p99 <= 200 ms)",
+    )
+    result.config = {
+        "profile": profile,
+        "cases": len(cases),
+        "single_requests": len(single_s),
+        "batch_requests": len(batch_s),
+        "batch_series": len({r["seriesuid"] for r in batch["annotations"]}),
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+        "client": "urllib, one request at a time, 60 s timeout",
+    }
+    shutil.rmtree(work_dir / "serve" / "cases", ignore_errors=True)
+    return result

@@ -131,25 +131,34 @@ def _finished_pipeline(work_dir: Path) -> tuple[Path, str] | None:
     return marker.parent, str(info["profile"])
 
 
+def model_and_store(
+    result: BenchResult, work_dir: Path, pipeline_root: Path | None, profile: str
+) -> tuple[Path, str]:
+    """(root, profile) of a finished pipeline: ``pipeline_root`` (of ``profile``), else the
+    pipeline benchmark's output in ``work_dir``, else a tiny pipeline built under
+    ``work_dir/<result.name>/pipeline``. A note on ``result`` says which."""
+    if pipeline_root is not None:
+        return pipeline_root, profile
+    if (finished := _finished_pipeline(work_dir)) is not None:
+        result.notes.append(f"Model and store: the pipeline benchmark's {finished[1]} run.")
+        return finished
+    root = work_dir / result.name / "pipeline"
+    started = time.perf_counter()
+    build_pipeline(root)
+    result.notes.append(
+        f"Built the tiny pipeline for this run in {time.perf_counter() - started:.0f} s "
+        "(not part of any figure)."
+    )
+    return root, PROFILE
+
+
 def run(
     size: BenchSize, work_dir: Path, pipeline_root: Path | None = None, profile: str = PROFILE
 ) -> BenchResult:
     """Time predict on ``pipeline_root`` (a finished run of ``profile``), else on the
     pipeline benchmark's output in ``work_dir``, else on a tiny pipeline built here."""
     result = BenchResult("predict", "Predict latency: end to end, model only, CLI", COMMAND)
-    root = pipeline_root
-    if root is None and (finished := _finished_pipeline(work_dir)) is not None:
-        root, profile = finished
-        result.notes.append(f"Model and store: the pipeline benchmark's {profile} run.")
-    if root is None:
-        profile = PROFILE
-        root = work_dir / "predict" / "pipeline"
-        started = time.perf_counter()
-        build_pipeline(root)
-        result.notes.append(
-            f"Built the tiny pipeline for this run in {time.perf_counter() - started:.0f} s "
-            "(not part of any figure)."
-        )
+    root, profile = model_and_store(result, work_dir, pipeline_root, profile)
     case = patient_case(root, work_dir / "predict" / "patient_dicom")
     curate = section("curate", profile)
     settings = CurationSettings(

@@ -30,7 +30,7 @@ from typing import Any
 import pandas as pd
 
 from benchmarks.common import BenchResult, BenchSize, percentiles_ms
-from benchmarks.predict import PROFILE, REPO, _finished_pipeline, build_pipeline
+from benchmarks.predict import PROFILE, REPO, model_and_store
 from cohorts.dicom.scan import scan_dicom_tree
 from cohorts.files import atomic_write_bytes
 
@@ -124,15 +124,7 @@ def run(
     size: BenchSize, work_dir: Path, pipeline_root: Path | None = None, profile: str = PROFILE
 ) -> BenchResult:
     result = BenchResult("serve", "Prediction service over loopback HTTP", COMMAND)
-    root = pipeline_root
-    if root is None and (finished := _finished_pipeline(work_dir)) is not None:
-        root, profile = finished
-        result.notes.append(f"Model and store: the pipeline benchmark's {profile} run.")
-    if root is None:
-        profile = PROFILE
-        root = work_dir / "serve" / "pipeline"
-        build_pipeline(root)
-        result.notes.append("Model and store: a tiny pipeline built for this run.")
+    root, profile = model_and_store(result, work_dir, pipeline_root, profile)
     out = work_dir / "serve" / "cases"
     cases, batch = cases_and_batch(root, out, n_cases=16)
     singles = 500 if size.name == "full" else 40

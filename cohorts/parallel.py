@@ -13,18 +13,20 @@ so no worker starts with a copied lock), under
 ``concurrent.futures.ProcessPoolExecutor``, which fails every pending result with
 ``BrokenProcessPool`` when a worker dies, re-raised here as ``WorkerDied``.
 
-Known cost (issue 21): like spawn, a forkserver worker re-imports the parent's ``__main__``
-when it starts, unless that is a package's ``__main__`` (pytest, ``python -m dagster``). Under
-the ``lungjepa`` script or ``python -m benchmarks.run`` that pulls torch and Dagster into
-every worker of every pool; one executor reused per run would pay it once.
+Start-up cost: like spawn, a forkserver worker re-imports the parent's ``__main__`` when it
+starts (unless that is a package's ``__main__``: pytest, ``python -m dagster``), so entry
+points stay light (the ``lungjepa`` script, ``benchmarks.run``: tests/test_parallel.py checks
+them), and ``worker_pool`` lets one pool serve several maps (curation's header pass and its
+decode rounds), so its workers start once per run.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from typing import TypeVar
 
 from tqdm import tqdm
@@ -50,6 +52,26 @@ def process_pool(workers: int, preload: Sequence[str] = ()) -> ProcessPoolExecut
     return ProcessPoolExecutor(workers, mp_context=ctx)
 
 
+@contextmanager
+def worker_pool(workers: int, preload: Sequence[str] = ()) -> Iterator[ProcessPoolExecutor | None]:
+    """One pool for several ``pool_map`` calls (None for one worker: they run in-process).
+
+    Shut down on exit, pending work cancelled.
+    """
+    if workers <= 1:
+        yield None
+        return
+    pool = process_pool(workers, preload)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _map_chunk(func: Callable[[T], R], chunk: list[T]) -> list[R]:
+    return [func(item) for item in chunk]
+
+
 def pool_map(
     func: Callable[[T], R],
     items: list[T],
@@ -57,39 +79,54 @@ def pool_map(
     desc: str,
     progress: bool,
     preload: Sequence[str] = (),
+    pool: ProcessPoolExecutor | None = None,
 ) -> Iterator[R]:
     """Map in input order over a process pool (in-process for one worker or item), with a bar.
 
-    preload: as in ``process_pool``; defaults to the module defining ``func``. Every item is
-    submitted at once, in chunks of len(items) / (8 * workers), so workers never wait on the
-    consumer. The pool starts on the first ``next`` and is shut down when the
-    iterator ends; if the consumer stops early, items not yet started are cancelled. Raises
-    ``WorkerDied`` (naming ``desc``) when a worker process dies, instead of waiting forever.
+    pool: a ``worker_pool`` to run on (kept open after the map); None starts one for this map
+    alone, with ``preload`` (as in ``process_pool``; default: the module defining ``func``).
+    Every item is submitted at once, in chunks of len(items) / (8 * workers), so workers never
+    wait on the consumer. Work starts on the first ``next``; if the consumer stops early, the
+    chunks not yet started are cancelled. Raises ``WorkerDied`` (naming ``desc``) when a
+    worker process dies, instead of waiting forever.
     """
     if not items:
         return iter(())
     bar = tqdm(total=len(items), desc=desc, disable=not progress, unit="it")
-
-    def tick(results: Iterable[R]) -> Iterator[R]:
-        for result in results:
-            bar.update(1)
-            yield result
-        bar.close()
-
     if workers <= 1 or len(items) == 1:
-        return tick(map(func, items))
-    chunk = max(1, len(items) // (workers * 8))
+
+        def serial() -> Iterator[R]:
+            for result in map(func, items):
+                bar.update(1)
+                yield result
+            bar.close()
+
+        return serial()
+    size = max(1, len(items) // (workers * 8))
 
     def run() -> Iterator[R]:
-        pool = process_pool(min(workers, len(items)), preload=preload or (func.__module__,))
+        executor = pool or process_pool(
+            min(workers, len(items)), preload=preload or (func.__module__,)
+        )
+        futures = [
+            executor.submit(_map_chunk, func, items[i : i + size])
+            for i in range(0, len(items), size)
+        ]
         try:
-            yield from tick(pool.map(func, items, chunksize=chunk))
+            for future in futures:
+                chunk = future.result()
+                bar.update(len(chunk))
+                yield from chunk
+            bar.close()
         except BrokenProcessPool as err:
             raise WorkerDied(
                 f"{desc}: a worker process died before returning its results (killed, or out "
                 "of memory?); rerun the step"
             ) from err
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            for future in futures:
+                future.cancel()
+            if pool is None:
+                executor.shutdown(wait=True, cancel_futures=True)
 
     return run()

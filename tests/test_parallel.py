@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from cohorts.parallel import WorkerDied, pool_map
+from cohorts.parallel import WorkerDied, pool_map, worker_pool
 
 # held by the parent while it maps: a forked worker would inherit it locked and block forever
 HELD = threading.Lock()
@@ -24,6 +24,11 @@ def _square_under_lock(x: int) -> int:
 def _slow_identity(x: int) -> int:
     threading.Event().wait(0.05)
     return x
+
+
+def _worker_pid(x: int) -> int:
+    threading.Event().wait(0.01)
+    return os.getpid()
 
 
 def _die_on_three(x: int) -> int:
@@ -60,6 +65,20 @@ def test_a_worker_that_dies_is_an_error_naming_the_step_not_a_hang() -> None:
     with pytest.raises(WorkerDied, match="^series: a worker process died"):
         list(pool_map(_die_on_three, list(range(8)), 2, "series", progress=False))
     assert multiprocessing.active_children() == []
+
+
+def test_one_worker_pool_serves_several_maps_and_outlives_an_early_stop() -> None:
+    """Curation's header pass and decode rounds share one pool: its workers start once."""
+    with worker_pool(2, (__name__,)) as pool:
+        first = set(pool_map(_worker_pid, list(range(16)), 2, "a", progress=False, pool=pool))
+        stopped = pool_map(_slow_identity, list(range(64)), 2, "b", progress=False, pool=pool)
+        next(stopped)
+        stopped.close()  # cancels what is pending, leaves the pool up
+        second = set(pool_map(_worker_pid, list(range(16)), 2, "c", progress=False, pool=pool))
+        assert len(first | second) <= 2 and os.getpid() not in first
+    assert multiprocessing.active_children() == []
+    with worker_pool(1) as none:
+        assert none is None
 
 
 @pytest.mark.parametrize("entry_point", ["benchmarks.run", "orchestration.cli"])

@@ -42,6 +42,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -69,7 +70,7 @@ from cohorts.dicom.series import (
     volume_from_geometry,
 )
 from cohorts.files import atomic_output, atomic_write_json
-from cohorts.parallel import pool_map
+from cohorts.parallel import pool_map, worker_pool
 from cohorts.privacy import (
     KEY_RECORD,
     SYNTHETIC_MARKER,
@@ -449,8 +450,11 @@ def curate_cohort(
             pass
     except OSError as exc:
         raise PermissionError(f"curated output directory {out_dir} is not writable: {exc}") from exc
-    with _exclusive_lock(out_dir / ".lock"):  # a second curation of out_dir waits, then reuses
-        return _curate(raw, out_dir, config, progress, started)
+    with (
+        _exclusive_lock(out_dir / ".lock"),  # a second curation of out_dir waits, then reuses
+        worker_pool(config.workers, _PRELOAD) as pool,  # one pool for headers and decoding
+    ):
+        return _curate(raw, out_dir, config, progress, started, pool)
 
 
 @contextmanager
@@ -470,6 +474,7 @@ def _curate(
     config: CurationConfig,
     progress: bool,
     started: float,
+    pool: ProcessPoolExecutor | None,
 ) -> CurationSummary:
     """The body of ``curate_cohort``, run while holding the output folder's lock."""
     raw_dir = raw.root
@@ -482,7 +487,7 @@ def _curate(
     # 1-2. headers, grouped by series
     files = list(iter_files(raw.dicom_dir))
     scan = group_headers(
-        pool_map(read_header_or_skip, files, config.workers, "headers", progress, _PRELOAD)
+        pool_map(read_header_or_skip, files, config.workers, "headers", progress, pool=pool)
     )
     if config.pseudonym_key is None:
         synthetic = cohort_is_synthetic(raw_dir, scan)
@@ -585,7 +590,8 @@ def _curate(
         if not jobs:
             continue
         study_of = {job.series_id: rows[job.series_id]["study_id"] for job in jobs}
-        for outcome in pool_map(_process, jobs, config.workers, "series", progress, _PRELOAD):
+        decoded = pool_map(_process, jobs, config.workers, "series", progress, pool=pool)
+        for outcome in decoded:
             summary.series_processed += 1
             summary.slices_processed += outcome.n_slices
             summary.nodules_outside_volume += outcome.outside

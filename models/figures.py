@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from cohorts.files import atomic_write_bytes
 from models.reporting import MODEL_LABELS
@@ -86,4 +87,44 @@ def plot_label_efficiency(curve: Mapping[str, Any], path: Path) -> None:
         title="Label efficiency",
     )
     ax.legend(loc="lower right", fontsize=7)
+    _save_figure(fig, path)
+
+
+def plot_promotions(records: list[Mapping[str, Any]], path: Path) -> None:
+    """The production model's AUC on the frozen evaluation set over the promotion log.
+
+    One point per gate decision: the challenger's AUC with its 95% CI, filled when it was
+    promoted, hollow when refused; the line is the AUC of whatever was in production after
+    each decision (the champion's, re-measured at that decision, when the challenger was
+    refused). By-hand moves (promote, rollback) carry no AUC and show as vertical marks.
+    """
+    fig = Figure(figsize=(6.0, 3.6))
+    ax = fig.subplots()
+    steps: list[tuple[int, float]] = []
+    for k, record in enumerate(records):
+        auc = record.get("challenger_auc")
+        if record.get("action", "gate") != "gate" or auc is None:
+            ax.axvline(k, color="grey", linestyle=":", linewidth=1)
+            ax.annotate(str(record.get("action")), (k, 0.97), xycoords=("data", "axes fraction"),
+                        fontsize=7, rotation=90, color="grey", ha="right", va="top")  # fmt: skip
+            continue
+        low, high = record.get("challenger_ci") or (auc, auc)
+        promoted = bool(record.get("promoted"))
+        ax.errorbar([k], [auc], yerr=[[auc - low], [high - auc]], fmt="o", capsize=3,
+                    color="tab:green" if promoted else "tab:red",
+                    markerfacecolor="tab:green" if promoted else "white")  # fmt: skip
+        current = auc if promoted else record.get("champion_auc")
+        if current is not None:
+            steps.append((k, float(current)))
+    if steps:
+        xs, ys = zip(*steps, strict=True)
+        ax.step(xs, ys, where="post", color="black", linewidth=1, label="in production")
+        ax.legend(loc="lower right", fontsize=7)
+    ax.set(
+        xlabel="decision (promotions.jsonl, oldest first)",
+        ylabel="AUC, frozen evaluation set",
+        title="Champion and challengers (filled: promoted, hollow: refused)",
+    )
+    ax.set_ylim(0, 1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _save_figure(fig, path)

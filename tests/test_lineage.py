@@ -46,10 +46,13 @@ def test_models_take_their_runs_encoder_not_the_newest(
         executor_def=dg.in_process_executor,
         hooks={another_run_pretrains},
     )
-    job = dg.Definitions.merge(defs, dg.Definitions(jobs=[interleaved])).resolve_job_def(
-        "interleaved"
-    )
+    # resolved inside the instance: Dagster reads the current instance's defs state while it
+    # builds a repository, and outside one it may find a state storage an earlier test's
+    # instance left behind (CI: "Attempted to resolve undefined DagsterInstance weakref")
     with dg.instance_for_test() as instance:
+        job = dg.Definitions.merge(defs, dg.Definitions(jobs=[interleaved])).resolve_job_def(
+            "interleaved"
+        )
         run = job.execute_in_process(instance=instance, run_config=config)
         assert run.success
         ours = version_in_run(instance, run.run_id, "jepa_encoder")

@@ -90,6 +90,10 @@ def test_production_model_refuses_a_challenger_and_keeps_the_pointer(
     assert records[-1]["evaluation_set"] == first["evaluation_set"]  # the same frozen set
     assert materialization.metadata["promoted"].value is False
     assert materialization.metadata["reason"].value == records[-1]["reason"]
+    plot = models / "promotions.png"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "data:image/png;base64," in materialization.metadata["production_auc_over_time"].value
+    drawn = plot.stat().st_mtime_ns
 
     # by hand: promote needs an exported version; rollback needs an earlier one in the log
     from orchestration import cli
@@ -100,6 +104,7 @@ def test_production_model_refuses_a_challenger_and_keeps_the_pointer(
     assert cli.main(["promote", first["challenger"], "--reason", "drill", *artifacts]) == 0
     last = read_log(models / "promotions.jsonl")[-1]
     assert (last["action"], last["reason"], last["promoted"]) == ("promote", "drill", True)
+    assert plot.stat().st_mtime_ns > drawn  # a by-hand move redraws the plot too
 
 
 def test_rollback_goes_to_the_version_in_production_before_the_current_one() -> None:

@@ -9,6 +9,7 @@ import torch
 from cohorts.files import atomic_write_json
 from models.data import FIELDS, load_examples
 from models.export import export_onnx, record_parity, verify_parity
+from models.figures import plot_promotions
 from models.finetune import load_model
 from models.onnx_runtime import load_verified_session, predict_onnx
 from models.promotion import PromotionConfig, append_log, decide, manual_decision, read_log
@@ -16,7 +17,7 @@ from models.protocol import Ensemble
 from orchestration.assets.evaluation import evaluation
 from orchestration.dvc_versions import dvc_md5
 from orchestration.lineage import MODELS, built_on
-from orchestration.metadata import markdown_table
+from orchestration.metadata import image_markdown, markdown_table
 from orchestration.params import section
 from orchestration.resources import PipelinePaths
 
@@ -24,6 +25,7 @@ _EXPORT = section("export")
 _CURATE = section("curate")
 _PROMOTION = section("promotion")
 PROMOTION_LOG = "promotions.jsonl"
+PROMOTION_PLOT = "promotions.png"  # the production AUC over the log (models/figures.py)
 EXPORTED_MODELS: tuple[str, ...] = ("jepa", "imaging_only")
 
 
@@ -156,8 +158,17 @@ def move_production(paths: PipelinePaths, version: str, action: str, reason: str
     champion = json.loads(pointer_path.read_text())["version"] if pointer_path.exists() else None
     decision = manual_decision(action, version, champion, checks, reason)
     atomic_write_json(pointer_path, {"version": version, "models": exported})
-    append_log(paths.artifacts / "models" / PROMOTION_LOG, decision.to_dict())
+    log_decision(paths, decision.to_dict())
     return decision.to_dict()
+
+
+def log_decision(paths: PipelinePaths, record: dict) -> list[dict]:
+    """Append a decision to promotions.jsonl and redraw promotions.png; the whole log."""
+    models = paths.artifacts / "models"
+    append_log(models / PROMOTION_LOG, record)
+    log = read_log(models / PROMOTION_LOG)
+    plot_promotions(log, models / PROMOTION_PLOT)
+    return log
 
 
 def _scores(paths: PipelinePaths, relative: str, inputs: tuple[np.ndarray, ...]) -> np.ndarray:
@@ -211,10 +222,10 @@ def production_model(
     )
     if decision.promoted:
         atomic_write_json(pointer_path, {"version": version, "models": exported["models"]})
-    append_log(paths.artifacts / "models" / PROMOTION_LOG, decision.to_dict())
+    log = log_decision(paths, decision.to_dict())
     in_production = version if decision.promoted else decision.champion
     context.log.info(f"promotion of {version}: {decision.reason}")
-    history = [r for r in read_log(paths.artifacts / "models" / PROMOTION_LOG) if r["promoted"]]
+    history = [r for r in log if r["promoted"]]
     return dg.MaterializeResult(
         metadata={
             "version": dg.MetadataValue.text(str(in_production)),
@@ -224,6 +235,9 @@ def production_model(
             "challenger_auc": dg.MetadataValue.float(decision.challenger_auc),
             "champion_auc": dg.MetadataValue.float(
                 float("nan") if decision.champion_auc is None else decision.champion_auc
+            ),
+            "production_auc_over_time": image_markdown(
+                paths.artifacts / "models" / PROMOTION_PLOT, "Production AUC over time"
             ),
             "promotions": markdown_table(
                 [

@@ -1,9 +1,9 @@
 """JEPA pretraining throughput, peak memory and share of the machine's measured matmul rate.
 
-The training step below is the pretraining loop's step (models.jepa.pretrain) without its
-schedules' bookkeeping, checkpoints and monitoring: target encoder on the full input
-(stop-gradient) -> context encoder + predictor on the masked input -> loss -> AdamW step ->
-EMA update. Model FLOPs per step are counted with torch.utils.flop_counter.FlopCounterMode;
+The step timed is the pretraining loop's own (models.jepa.step.train_step: schedules, masks,
+target encoder on the full input (stop-gradient) -> context encoder + predictor on the
+context -> loss -> clipped AdamW step -> EMA update), on random examples of the params.yaml
+sizes, without the loop's sampling, checkpoints and monitoring. Model FLOPs per step are counted with torch.utils.flop_counter.FlopCounterMode;
 the 'limit' is a plain large matmul timed in the same run (float32 on CPU, bf16 on GPU).
 """
 
@@ -21,13 +21,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.common import BenchResult, BenchSize, in_child
 from cohorts.ehr.features import ehr_feature_names
 from models.data import FIELDS, random_examples
-from models.jepa.ema import ema_update, make_target_encoder
-from models.jepa.loss import jepa_loss, normalise_targets
-from models.jepa.masks import MultimodalMaskGenerator
-from models.jepa.model import MultimodalJEPA
-from models.jepa.predictor import JEPAPredictor
 from models.jepa.pretrain import PARAMS_KEYS, PretrainConfig, build_encoder
-from models.schedules import ADAMW_BETAS, param_groups
+from models.jepa.step import Schedule, new_training, train_step
 
 REPO = Path(__file__).resolve().parents[1]
 COMMAND_CPU = "python -m benchmarks.run --only jepa_cpu"
@@ -60,40 +55,18 @@ def make_step(
         labeled=False,
     )
     torch.manual_seed(config.seed)
-    encoder = build_encoder(examples, config)
-    predictor = JEPAPredictor(
-        config.embed_dim, config.predictor_dim, config.predictor_depth, config.heads
-    )
-    model = MultimodalJEPA(encoder, predictor).to(device)
-    target = make_target_encoder(encoder).to(device)
-    optimizer = torch.optim.AdamW(
-        param_groups(model, config.weight_decay[0]), lr=config.lr, betas=ADAMW_BETAS
-    )
-    masks = MultimodalMaskGenerator.from_layout(encoder.layout, config.mask_config())
+    training = new_training(build_encoder(examples, config), config, device)
+    schedule = Schedule.for_run(config, n_batches)
     tensors = examples.tensors()
     batches = [
         [tensors[k][i * batch_size : (i + 1) * batch_size].to(device) for k in FIELDS]
         for i in range(n_batches)
     ]
-    use_amp = device.type == "cuda"
-    model.train()
-    target.train()
+    training.model.train()
+    training.target.train()
 
     def step(i: int) -> float:
-        batch = batches[i % n_batches]
-        valid = encoder.valid_tokens(batch[2], batch[4])
-        context, target_mask = masks(valid, i)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            with torch.no_grad():
-                targets = normalise_targets(target(*batch))
-            predicted = model(*batch, context, target_mask)
-        loss = jepa_loss(predicted.float(), targets, target_mask, config.loss)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        ema_update(target, encoder, 0.996)
-        return float(loss.detach())
+        return train_step(training, batches[i % n_batches], i, schedule, config).loss
 
     return step, batch_size
 

@@ -58,21 +58,14 @@ from models.jepa.distributed import (
     init_distributed,
 )
 from models.jepa.ema import (
-    ema_update,
     init_weight_left,
-    make_target_encoder,
-    momentum_at,
     relative_distances,
-    scaled_momentum,
 )
-from models.jepa.loss import LOSSES, jepa_loss, normalise_targets
-from models.jepa.masks import MaskConfig, MultimodalMaskGenerator
-from models.jepa.model import MultimodalJEPA
+from models.jepa.loss import LOSSES
+from models.jepa.masks import MaskConfig
 from models.jepa.monitor import collapse_stats
-from models.jepa.predictor import JEPAPredictor
 from models.jepa.probe import check_probe_set, diameter_probe_r2, linear_probe_auc
-from models.schedules import ADAMW_BETAS, apply_lr, apply_weight_decay, cosine, param_groups
-from models.schedules import warmup_cosine as lr_at
+from models.jepa.step import Schedule, new_training, train_step
 
 PARAMS_KEYS: tuple[str, ...] = (
     "epochs",
@@ -416,7 +409,6 @@ def _pretrain(
     inputs: Mapping[str, Any] | None = None,
 ) -> PretrainResult:
     device = ctx.device
-    use_amp = device.type == "cuda"
     out_dir.mkdir(parents=True, exist_ok=True)
     data = data_hash(examples)
     fingerprint = _fingerprint(config, data, ctx.world_size)
@@ -427,15 +419,8 @@ def _pretrain(
     random.seed(config.seed)
 
     encoder = build_encoder(examples, config)
-    predictor = JEPAPredictor(
-        config.embed_dim, config.predictor_dim, config.predictor_depth, config.heads
-    )
-    model = MultimodalJEPA(encoder, predictor).to(device)
-    target = make_target_encoder(encoder).to(device)
-    optimizer = torch.optim.AdamW(
-        param_groups(model, config.weight_decay[0]), lr=config.lr, betas=ADAMW_BETAS
-    )
-    masks = MultimodalMaskGenerator.from_layout(encoder.layout, config.mask_config())
+    training = new_training(encoder, config, device)
+    model, target, optimizer = training.model, training.target, training.optimizer
 
     per_rank_batch = max(1, config.batch_size // ctx.world_size)
     sampler = DistributedSampler(
@@ -446,9 +431,12 @@ def _pretrain(
         seed=config.seed,
     )
     steps_per_epoch = math.ceil(len(sampler) / per_rank_batch)
-    total_steps = config.epochs * steps_per_epoch
-    warmup_steps = config.warmup_epochs * steps_per_epoch
-    ema_schedule = scaled_momentum(total_steps, config.ema_momentum, config.ema_init_weight)
+    schedule = Schedule.for_run(config, steps_per_epoch)
+    total_steps, warmup_steps, ema_schedule = (
+        schedule.total_steps,
+        schedule.warmup_steps,
+        schedule.ema,
+    )
 
     # resume
     step, epoch_loss_sum, epoch_loss_count = 0, 0.0, 0
@@ -503,13 +491,12 @@ def _pretrain(
             )
         barrier(ctx)
 
-    step_module: torch.nn.Module = model
     if ctx.is_distributed:
-        step_module = DistributedDataParallel(
+        training.step_module = DistributedDataParallel(
             model, device_ids=[ctx.local_rank] if device.type == "cuda" else None
         )
     if config.compile:
-        step_module = torch.compile(step_module)  # type: ignore[assignment]
+        training.step_module = torch.compile(training.step_module)  # type: ignore[assignment]
     tensors = examples.tensors()
     bar = tqdm(
         total=total_steps,
@@ -529,29 +516,10 @@ def _pretrain(
             started = time.perf_counter()
             idx = order[i * per_rank_batch : (i + 1) * per_rank_batch]
             batch = [tensors[k][idx].to(device, non_blocking=True) for k in FIELDS]
-            lr = lr_at(step, total_steps, warmup_steps, config.lr, 0.0, config.final_lr)
-            wd = cosine(step, total_steps, *config.weight_decay)
-            apply_lr(optimizer, lr)
-            apply_weight_decay(optimizer, wd)
-            valid = encoder.valid_tokens(batch[2], batch[4])
-            context, target_mask = masks(valid, step, ctx.rank)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                with torch.no_grad():
-                    targets = normalise_targets(target(*batch))  # [B, N, D], stop-gradient
-                predicted = step_module(*batch, context, target_mask)
-            if target_mask.any():
-                loss = jepa_loss(predicted.float(), targets, target_mask, config.loss)
-            else:  # every sample too small to mask: a zero step keeps DDP ranks in lockstep
-                loss = predicted.float().sum() * 0.0
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            momentum = momentum_at(step, total_steps, ema_schedule)
-            ema_update(target, encoder, momentum)
+            out = train_step(training, batch, step, schedule, config, ctx.rank)
+            lr, wd, momentum = out.lr, out.weight_decay, out.momentum
             step += 1
-            loss_value = float(loss.detach())
+            loss_value = out.loss
             epoch_loss_sum += loss_value
             epoch_loss_count += 1
             train_seconds += time.perf_counter() - started

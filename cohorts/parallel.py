@@ -15,7 +15,7 @@ so no worker starts with a copied lock), under
 
 Start-up cost: like spawn, a forkserver worker re-imports the parent's ``__main__`` when it
 starts (unless that is a package's ``__main__``: pytest, ``python -m dagster``), so entry
-points stay light (the ``lungjepa`` script, ``benchmarks.run``: tests/test_parallel.py checks
+points stay light (the ``lungjepa`` script, ``benchmarks.run``: tests/cohorts/test_parallel.py checks
 them), and ``worker_pool`` lets one pool serve several maps (curation's header pass and its
 decode rounds), so its workers start once per run.
 """

@@ -14,7 +14,8 @@ order and masks as an uninterrupted run). The artifact is the target encoder (as
 out_dir/encoder.safetensors + out_dir/card.json.
 
 Size: over 450 lines because config, versioning, curves, the loop and the CLI still live
-together; issue 18 splits them by concept (config, the training step, the loop, the card).
+together (the training step is models/jepa/step.py); issue 18 splits the rest by concept
+(config, the loop with resume, the card).
 """
 
 from __future__ import annotations

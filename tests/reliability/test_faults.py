@@ -5,7 +5,7 @@ Each fault runs the real code in a child process (``python -c``), so SIGKILL and
 limits hit it as they would a job. After a kill, nothing visible may be partial (every final
 .npy / .parquet loads), and a rerun must give exactly what an uninterrupted run gives.
 JEPA pretraining's kill -9 and resume is covered by
-tests/test_jepa_distributed.py::test_kill_and_resume_matches_an_uninterrupted_run (not
+tests/models/test_jepa_distributed.py::test_kill_and_resume_matches_an_uninterrupted_run (not
 repeated here).
 """
 

@@ -14,7 +14,7 @@ import torch
 
 from models.data import random_examples
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY_CONFIG = {
     "embed_dim": 32,
     "depth": 2,

@@ -40,7 +40,7 @@ from serving.predict import (
     parse_nodule,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 KEY = resolve_key(synthetic=True)  # the tiny pipeline's data is the generator's, marked
 UNKNOWN_MRN = "MRN-NOT-IN-THE-STORE-77"
 

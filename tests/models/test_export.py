@@ -22,7 +22,7 @@ from models.onnx_runtime import (
     sha256_file,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 N_EHR = 5
 
 

@@ -19,7 +19,7 @@ import torch
 
 # benchmarks/ is run from the repo root and not installed; `pytest` alone does not put the
 # root on sys.path (`python -m pytest` does), so make both work.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks import (  # noqa: E402
     curation,

@@ -16,7 +16,7 @@ from pathlib import Path
 from benchmarks.report import render as render_benchmarks
 from models.reporting import PAPER_AUC, _cohort_table, _comparisons_section
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "reliability"))
 from report import render as render_reliability  # noqa: E402
 

@@ -50,7 +50,7 @@ def evaluate(instance: dg.DagsterInstance, incoming_dir: Path, cursor: str | Non
 
 
 def test_definitions_list_schedule_sensor_and_jobs() -> None:
-    """(The CLI load of the same module is tests/test_pipeline.py's validate test.)"""
+    """(The CLI load of the same module is tests/e2e/test_pipeline.py's validate test.)"""
     repo = defs.get_repository_def()
     assert "weekly_retraining" in {s.name for s in repo.schedule_defs}
     assert {"incoming_batches", "run_failures"} <= {s.name for s in repo.sensor_defs}

@@ -65,7 +65,7 @@ def test_layout_orders_time_then_patches_then_ehr() -> None:
         assert (layout.time_index[block] == k).all()
         assert layout.modality[block].tolist() == [IMAGE] * p + [EHR] * e
         assert layout.patch_index[block].tolist() == list(range(p)) + list(range(e))
-    params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    params = yaml.safe_load((Path(__file__).parents[2] / "params.yaml").read_text())
     default = EncoderConfig.from_params(params, n_ehr_features=12)
     grid = params["curate"]["crop_size_vox"] // params["pretrain"]["patch_size_vox"]
     expected = params["examples"]["max_timepoints"] * (grid**3 + params["pretrain"]["ehr_tokens"])

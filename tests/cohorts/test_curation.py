@@ -464,7 +464,7 @@ def test_config_from_params_file() -> None:
 
     from cohorts.privacy import PrivacyConfig
 
-    whole = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    whole = yaml.safe_load((Path(__file__).parents[2] / "params.yaml").read_text())
     params = whole["curate"]
     privacy = PrivacyConfig.from_params(whole["privacy"])
     cfg = CurationConfig.from_params(params, privacy)

@@ -27,7 +27,7 @@ from cohorts.dicom.scan import scan_dicom_tree
 from orchestration.params import privacy_config, section
 from serving.predict import CurationSettings, PredictRequest, predict
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:
@@ -242,3 +242,29 @@ def test_reloads_when_production_changes(server: str, root: Path, case: dict[str
     finally:
         tmp.write_text(json.dumps(pointer))
         os.replace(tmp, pointer_path)
+
+
+def test_folders_outside_allow_dir_are_refused(root: Path, case: dict[str, Any]) -> None:
+    """With allowed_dirs set, a request for any other folder (.. included) is PathNotAllowed
+    (403 over HTTP), and one inside is answered."""
+    from serving.service import PathNotAllowed, PredictionService, ServiceConfig
+
+    allowed = Path(case["dicom_dir"])  # this one folder only
+    service = PredictionService(
+        ServiceConfig(
+            artifacts_dir=root / "artifacts",
+            data_dir=root / "data",
+            feature_repo_dir=REPO / "feature_repo",
+            curation=CurationSettings(
+                min_slices=int(section("curate", "tiny")["min_slices"]),
+                date_shift_max_days=privacy_config("tiny").date_shift_max_days,
+            ),
+            allowed_dirs=(allowed,),
+        )
+    )
+    assert 0.0 <= service.predict(_case_body(case))["probability"] <= 1.0
+    for folder in ("/etc", f"{allowed}/../../etc", case["dicom_root"]):
+        with pytest.raises(PathNotAllowed, match="dicom_dir: not under a folder"):
+            service.predict(_case_body(case, dicom_dir=folder))
+    with pytest.raises(PathNotAllowed, match="dicom_root"):
+        service.predict_batch({"dicom_root": case["dicom_root"], "annotations": []})

@@ -37,7 +37,7 @@ from feature_repo.store import (
     write_sources,
 )
 
-REPO_DIR = Path(__file__).resolve().parents[1] / "feature_repo"
+REPO_DIR = Path(__file__).resolve().parents[2] / "feature_repo"
 KEY = b"test-key"
 AS_OF = dt.date(2024, 1, 1)
 LOOKBACK = 365

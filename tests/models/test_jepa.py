@@ -49,7 +49,7 @@ from models.jepa.probe import (
     linear_probe_auc,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = {
     "embed_dim": 32,
     "depth": 2,

@@ -396,6 +396,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             data_dir=data_dir,
             feature_repo_dir=REPO_ROOT / "feature_repo",
             curation=_serving_curation(),
+            allowed_dirs=tuple(Path(d) for d in args.allow_dir or ()),
         )
     )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -590,6 +591,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     srv.add_argument("--host", default="127.0.0.1", help="default loopback only")
     srv.add_argument("--port", type=int, default=8765)
+    srv.add_argument(
+        "--allow-dir",
+        action="append",
+        help="a folder requests may name (DICOM, annotations); repeatable; default: any",
+    )
     srv.add_argument("--data-dir", help="data folder with feast/ (default: params paths.data)")
     srv.add_argument("--artifacts-dir", help="artifacts folder (default: params paths.artifacts)")
     srv.set_defaults(func=cmd_serve)

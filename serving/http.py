@@ -12,7 +12,8 @@ Routes:
 - ``POST /predict/batch``  LUNA16 rows (or an annotations.csv path) under one DICOM root
 
 Every input `predict` refuses is answered 4xx with the same message: 400 for a body that is
-not a JSON object, 422 for a field or a case that cannot be used, 404 and 405 for routes. A
+not a JSON object, 422 for a field or a case that cannot be used, 403 for a folder outside
+`--allow-dir` (when given), 404 and 405 for routes. A
 model whose sha256 does not match its card is 503 (the server's state, not the request). The
 request body is never logged; paths name folders on the server's own disk.
 """
@@ -33,7 +34,7 @@ from starlette.routing import Route
 
 from models.onnx_runtime import ModelIntegrityError
 from serving.predict import PredictionError
-from serving.service import BATCH_FIELDS, CASE_FIELDS, PredictionService
+from serving.service import BATCH_FIELDS, CASE_FIELDS, PathNotAllowed, PredictionService
 
 log = logging.getLogger("lungjepa.serve")
 MAX_BODY_BYTES = 1 << 20  # a case is a few hundred bytes; a 1000-row batch well under this
@@ -63,6 +64,8 @@ def _answer(work: Callable[[Any], Any]) -> Callable[[Request], Awaitable[JSONRes
         payload = await _json_body(request)
         try:
             result = await run_in_threadpool(work, payload)
+        except PathNotAllowed as exc:
+            return _error(403, str(exc))
         except PredictionError as exc:
             return _error(422, str(exc))
         except ModelIntegrityError as exc:

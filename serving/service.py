@@ -59,6 +59,10 @@ BATCH_FIELDS = {
 }
 
 
+class PathNotAllowed(PredictionError):
+    """A request named a folder outside the service's ``allowed_dirs`` (HTTP 403)."""
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
     """Where the production pointer, the feature store and the curation settings live."""
@@ -67,6 +71,7 @@ class ServiceConfig:
     data_dir: Path
     feature_repo_dir: Path
     curation: CurationSettings
+    allowed_dirs: tuple[Path, ...] = ()  # DICOM folders requests may name; () = any
 
 
 class PredictionService:
@@ -184,9 +189,9 @@ class PredictionService:
             if rows is not None and not isinstance(rows, list):
                 raise PredictionError("annotations: expected a list of rows")
             request = BatchRequest(
-                annotations_csv=Path(_text(batch, "annotations_csv")) if csv is not None else None,
+                annotations_csv=self._folder(batch, "annotations_csv") if csv is not None else None,
                 annotations=tuple(rows) if rows is not None else None,
-                dicom_root=Path(_text(batch, "dicom_root")),
+                dicom_root=self._folder(batch, "dicom_root"),
                 model_path=spec.onnx_path,
                 data_dir=self.config.data_dir,
                 feature_repo_dir=self.config.feature_repo_dir,
@@ -194,6 +199,15 @@ class PredictionService:
                 allow_missing_ehr=_flag(batch, "allow_missing_ehr"),
             )
             return predict_batch_loaded(request, session, spec, self._feature_store)
+
+    def _folder(self, request: Mapping[str, Any], name: str) -> Path:
+        """A folder the request names, refused outside ``allowed_dirs`` (when configured)."""
+        path = Path(_text(request, name))
+        if self.config.allowed_dirs:
+            resolved = path.resolve()
+            if not any(resolved.is_relative_to(d.resolve()) for d in self.config.allowed_dirs):
+                raise PathNotAllowed(f"{name}: not under a folder this service may read")
+        return path
 
     def _case_request(self, case: Mapping[str, Any], spec: ModelSpec) -> PredictRequest:
         _only(case, CASE_FIELDS)
@@ -209,7 +223,7 @@ class PredictionService:
         if at is not None and not isinstance(at, str):
             raise PredictionError(f"at: expected a date YYYY-MM-DD, got {at!r}")
         return PredictRequest(
-            dicom_dir=Path(_text(case, "dicom_dir")),
+            dicom_dir=self._folder(case, "dicom_dir"),
             nodule_xyz_mm=_nodule(case.get("nodule_xyz_mm")),
             patient_id=_text(case, "patient_id"),
             model_path=spec.onnx_path,

@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from cohorts.files import atomic_write_bytes, atomic_write_text
 from models.data import FIELDS, ExampleSet, ehr_normalisation, load_examples
-from models.encoders import EncoderConfig, MultimodalEncoder, save_encoder
+from models.encoders import EncoderConfig, MultimodalEncoder, load_encoder, save_encoder
 from models.jepa.checkpoint import (
     load_checkpoint,
     rng_state,
@@ -67,6 +67,7 @@ from models.jepa.masks import MaskConfig
 from models.jepa.monitor import collapse_stats
 from models.jepa.probe import check_probe_set, diameter_probe_r2, linear_probe_auc
 from models.jepa.step import Schedule, new_training, train_step
+from models.weights import read_header
 
 PARAMS_KEYS: tuple[str, ...] = (
     "epochs",
@@ -255,8 +256,21 @@ def weights_digest(*modules: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes (an encoder a run warm-starts from)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def artifact_version(
-    examples: ExampleSet, config: PretrainConfig, data: str | None = None, world_size: int = 1
+    examples: ExampleSet,
+    config: PretrainConfig,
+    data: str | None = None,
+    world_size: int = 1,
+    init_encoder: Path | None = None,
 ) -> str:
     """Short sha256 of code version + data hash + params (+ the encoder sizes they imply).
 
@@ -264,6 +278,8 @@ def artifact_version(
     (and a rerun of the same inputs resumes there). data: a precomputed `data_hash`.
     world_size: DDP ranks; they change per-rank batches and sampling, so the weights, hence
     the version (single-process versions hash as before: the key is only added above 1).
+    init_encoder: the encoder.safetensors a warm start begins from; its sha256 enters the
+    version (a cold start hashes as before).
     """
     fields: dict[str, Any] = {
         "code": code_version(),
@@ -273,6 +289,8 @@ def artifact_version(
     }
     if world_size != 1:
         fields["world_size"] = world_size
+    if init_encoder is not None:
+        fields["init_encoder"] = file_sha256(init_encoder)
     source = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(source.encode()).hexdigest()[:12]
 
@@ -367,9 +385,40 @@ def _run_params(config: PretrainConfig) -> dict[str, Any]:
     return {k: v for k, v in config.to_dict().items() if k not in ("device", "compile")}
 
 
-def _fingerprint(config: PretrainConfig, data: str, world_size: int) -> dict[str, Any]:
+def _fingerprint(
+    config: PretrainConfig, data: str, world_size: int, init: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """What must match for a checkpoint to be resumable into this run."""
-    return {"params": _run_params(config), "data_hash": data, "world_size": world_size}
+    fingerprint = {"params": _run_params(config), "data_hash": data, "world_size": world_size}
+    if init is not None:
+        fingerprint["init_encoder"] = init["sha256"]
+    return fingerprint
+
+
+def warm_start(encoder: MultimodalEncoder, path: Path) -> dict[str, Any]:
+    """Load the weights of the encoder at ``path`` into ``encoder``; what the card records.
+
+    The encoder sizes must match (the run's params and data shapes decide them); the EHR
+    normalisation comes with the weights, since they were learned with it. The predictor is
+    not in an encoder file and starts afresh.
+    """
+    start = load_encoder(path)
+    if start.config != encoder.config:
+        ours = encoder.config.to_dict()
+        differ = {
+            k: (v, ours.get(k)) for k, v in start.config.to_dict().items() if ours.get(k) != v
+        }
+        raise ValueError(
+            f"cannot warm-start from {path}: its encoder sizes differ from this run's "
+            f"(file, run): {differ}"
+        )
+    encoder.load_state_dict(start.state_dict(), strict=True)
+    header = read_header(Path(path))  # the card the run that made it saved alongside
+    return {
+        "path": str(path),
+        "sha256": file_sha256(path),
+        "encoder_version": header.get("card", {}).get("version"),
+    }
 
 
 def pretrain(
@@ -379,8 +428,12 @@ def pretrain(
     progress: bool = True,
     probe_sets: tuple[ExampleSet, ExampleSet] | None = None,
     inputs: Mapping[str, Any] | None = None,
+    init_encoder: Path | None = None,
 ) -> PretrainResult:
     """Pretrain a multimodal JEPA on examples; resume from out_dir/checkpoint.pt if present.
+
+    init_encoder: an encoder.safetensors to warm-start from (online and EMA target encoders
+    start from its weights; a retraining from the production encoder); None: random init.
 
     Runs single-process, or one process per rank under torchrun (DDP). probe_sets =
     (labeled train, labeled test) adds linear-probe AUCs (pretrained vs random encoder) to the
@@ -395,7 +448,9 @@ def pretrain(
         check_probe_set(probe_sets[1], "test")
     ctx = init_distributed(None if config.device == "auto" else config.device)
     try:
-        return _pretrain(examples, out_dir, config, progress, probe_sets, ctx, inputs or {})
+        return _pretrain(
+            examples, out_dir, config, progress, probe_sets, ctx, inputs or {}, init_encoder
+        )
     finally:
         cleanup_distributed(ctx)
 
@@ -408,11 +463,11 @@ def _pretrain(
     probe_sets: tuple[ExampleSet, ExampleSet] | None,
     ctx: DistContext,
     inputs: Mapping[str, Any] | None = None,
+    init_encoder: Path | None = None,
 ) -> PretrainResult:
     device = ctx.device
     out_dir.mkdir(parents=True, exist_ok=True)
     data = data_hash(examples)
-    fingerprint = _fingerprint(config, data, ctx.world_size)
 
     # identical seeds on every rank -> identical initial weights
     torch.manual_seed(config.seed)
@@ -420,6 +475,8 @@ def _pretrain(
     random.seed(config.seed)
 
     encoder = build_encoder(examples, config)
+    init = warm_start(encoder, Path(init_encoder)) if init_encoder is not None else None
+    fingerprint = _fingerprint(config, data, ctx.world_size, init)
     training = new_training(encoder, config, device)
     model, target, optimizer = training.model, training.target, training.optimizer
 
@@ -590,7 +647,7 @@ def _pretrain(
         **relative_distances(target, encoder, initial),
     }
     encoder_config = target.config.to_dict()
-    version = artifact_version(examples, config, data, ctx.world_size)
+    version = artifact_version(examples, config, data, ctx.world_size, init_encoder)
     losses = [r["loss"] for r in history]
     card = {
         "kind": "lungjepa.encoder",
@@ -617,6 +674,7 @@ def _pretrain(
         "probe": probe,
         "ema": ema_card,
         "weights": "EMA target encoder",
+        "init": init or {"kind": "random"},
     }
     encoder_path, card_path = out_dir / "encoder.safetensors", out_dir / "card.json"
     if ctx.is_main:
@@ -653,6 +711,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--inputs", help="JSON object the card records as the examples' provenance (`inputs`)"
     )
+    parser.add_argument("--init-encoder", type=Path, help="encoder.safetensors to warm-start from")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--rank-digest",
@@ -716,6 +775,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress=not args.no_progress,
         probe_sets=probe_sets,
         inputs=json.loads(args.inputs) if args.inputs else None,
+        init_encoder=args.init_encoder,
     )
     rank = int(os.environ.get("RANK", "0"))
     if args.rank_digest:

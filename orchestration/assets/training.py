@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from pydantic import Field
 
 from cohorts.batches import manifest_summary, read_manifests
 from cohorts.privacy import read_key_record
@@ -23,6 +24,8 @@ from orchestration.resources import PipelinePaths, TorchDevice
 
 _PRETRAIN = section("pretrain")
 _FINETUNE = section("finetune")
+_RETRAINING = section("retraining")
+ENCODER_INITS = ("random", "production")
 
 
 class PretrainRunConfig(dg.Config):
@@ -50,10 +53,35 @@ class PretrainRunConfig(dg.Config):
     mask_strategy_weights: list[float] = _PRETRAIN["mask_strategy_weights"]
     mask_tube: bool = _PRETRAIN["mask_tube"]
     nproc_per_node: int = 1
+    encoder_init: str = Field(
+        default=_RETRAINING["encoder_init"],
+        description="random (pretrain from scratch) or production (warm-start from the encoder "
+        "the production models were built on; random when there is none): params.yaml "
+        "retraining.encoder_init",
+    )
 
     def domain(self, device: str) -> PretrainConfig:
-        fields = self.model_dump(exclude={"nproc_per_node"})
+        fields = self.model_dump(exclude={"nproc_per_node", "encoder_init"})
         return PretrainConfig.from_dict({**fields, "device": device})
+
+
+def production_encoder(paths: PipelinePaths) -> tuple[str, Path] | None:
+    """(version, encoder.safetensors) the production models were built on; None without one.
+
+    production.json names the models version; its card names the encoder version.
+    """
+    pointer = paths.artifacts / "models" / "production.json"
+    if not pointer.exists():
+        return None
+    version = json.loads(pointer.read_text())["version"]
+    card = json.loads((paths.artifacts / "models" / version / "card.json").read_text())
+    encoder = paths.artifacts / "encoders" / card["encoder_version"] / "encoder.safetensors"
+    if not encoder.exists():
+        raise FileNotFoundError(
+            f"production models {version} were built on encoder {card['encoder_version']}, "
+            f"whose file {encoder} is gone: restore it (dvc pull) or set encoder_init: random"
+        )
+    return card["encoder_version"], encoder
 
 
 def _run_torchrun(
@@ -63,6 +91,7 @@ def _run_torchrun(
     nproc: int,
     probe_sets: tuple[ExampleSet, ExampleSet],
     inputs: dict[str, Any],
+    init_encoder: Path | None = None,
 ) -> PretrainResult:
     """The same pretraining as in-process, as `nproc` DDP ranks under torchrun.
 
@@ -83,6 +112,8 @@ def _run_torchrun(
             "--probe-train", str(probe_paths[0]), "--probe-test", str(probe_paths[1]),
             "--no-progress",
         ]  # fmt: skip
+        if init_encoder is not None:
+            command += ["--init-encoder", str(init_encoder)]
         done = subprocess.run(
             command, cwd=REPO_ROOT, env=os.environ.copy(), stdout=subprocess.PIPE, text=True
         )
@@ -110,8 +141,22 @@ def jepa_encoder(
     archive_path = paths.examples("archive")
     archive = load_examples(archive_path)
     domain = config.domain(torch_device.resolve())
+    if config.encoder_init not in ENCODER_INITS:
+        raise ValueError(
+            f"encoder_init must be one of {ENCODER_INITS}, got {config.encoder_init!r}"
+        )
+    start = production_encoder(paths) if config.encoder_init == "production" else None
+    init_path = None if start is None else start[1]
+    if config.encoder_init == "production":
+        context.log.info(
+            f"warm start from production encoder {start[0]}"
+            if start is not None
+            else "encoder_init production, but no production model yet: random init"
+        )
     # The version is known before training, so a killed run resumes in the same folder.
-    version = artifact_version(archive, domain, world_size=config.nproc_per_node)
+    version = artifact_version(
+        archive, domain, world_size=config.nproc_per_node, init_encoder=init_path
+    )
     run_dir = paths.artifacts / "encoders" / version
     internal = load_examples(paths.examples("internal"))
     split = stratified_patient_split(internal.label, {"train": 0.7, "test": 0.3}, seed=config.seed)
@@ -120,11 +165,17 @@ def jepa_encoder(
     if config.nproc_per_node > 1:
         context.log.info(f"pretraining on {config.nproc_per_node} DDP ranks (torchrun)")
         result = _run_torchrun(
-            archive_path, run_dir, domain, config.nproc_per_node, probe_sets, inputs
+            archive_path, run_dir, domain, config.nproc_per_node, probe_sets, inputs, init_path
         )
     else:
         result = pretrain(
-            archive, run_dir, domain, progress=True, probe_sets=probe_sets, inputs=inputs
+            archive,
+            run_dir,
+            domain,
+            progress=True,
+            probe_sets=probe_sets,
+            inputs=inputs,
+            init_encoder=init_path,
         )
     manifests = inputs["cohort_manifests"]
     paths.point_latest("encoders", result.version, run_dir)
@@ -132,6 +183,9 @@ def jepa_encoder(
     archive_record = read_key_record(paths.data / "examples").get("archive", {})
     metadata = {
         "version": dg.MetadataValue.text(result.version),
+        "init": dg.MetadataValue.text(
+            f"warm start from {start[0]}" if start is not None else "random"
+        ),
         "encoder_path": dg.MetadataValue.path(str(result.encoder_path)),
         "resumed_from_step": dg.MetadataValue.int(result.resumed_from_step or 0),
         "loss_first": dg.MetadataValue.float(float(card["loss"]["first"])),

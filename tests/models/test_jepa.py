@@ -39,6 +39,7 @@ from models.jepa.pretrain import (
     artifact_version,
     build_encoder,
     config_from_args,
+    file_sha256,
     monitor_target,
     pretrain,
 )
@@ -414,6 +415,38 @@ def test_pretraining_loss_falls_and_writes_artifacts(tmp_path: Path) -> None:
     assert again.resumed_from_step == 15 and again.weights_digest == result.weights_digest
     with pytest.raises(ValueError, match="another run"):
         pretrain(examples, tmp_path, PretrainConfig(epochs=6, **TINY), progress=False)
+
+
+def test_a_warm_start_begins_from_the_given_encoder(tmp_path: Path) -> None:
+    """With lr 0 a warm-started run keeps the start's weights (random init would not), its
+    version and checkpoint fingerprint name the start, and other encoder sizes are refused."""
+    examples = random_examples(16, timepoints=2, crop_size_vox=16, n_ehr=4, seed=0)
+    config = PretrainConfig(epochs=2, batch_size=8, warmup_epochs=1, **TINY)
+    first = pretrain(examples, tmp_path / "first", config, progress=False)
+    still = dataclasses.replace(config, lr=0.0, final_lr=0.0)
+    warm = pretrain(
+        examples, tmp_path / "warm", still, progress=False, init_encoder=first.encoder_path
+    )
+    cold = pretrain(examples, tmp_path / "cold", still, progress=False)
+    start = load_encoder(first.encoder_path).state_dict()
+    for name, value in load_encoder(warm.encoder_path).state_dict().items():
+        assert torch.allclose(value, start[name], atol=1e-6), name
+    moved = [
+        n for n, v in load_encoder(cold.encoder_path).state_dict().items()
+        if not torch.allclose(v, start[n], atol=1e-6)
+    ]  # fmt: skip
+    assert moved  # a random init is elsewhere
+    card = json.loads(warm.card_path.read_text())
+    assert card["init"]["encoder_version"] == first.version
+    assert card["init"]["sha256"] == file_sha256(first.encoder_path)
+    assert json.loads(cold.card_path.read_text())["init"] == {"kind": "random"}
+    assert warm.version == artifact_version(examples, still, init_encoder=first.encoder_path)
+    assert warm.version != cold.version == artifact_version(examples, still)
+    with pytest.raises(ValueError, match="another run"):  # a cold resume of the warm folder
+        pretrain(examples, tmp_path / "warm", still, progress=False)
+    wider = PretrainConfig(**{**TINY, "embed_dim": 48}, epochs=1, batch_size=8)
+    with pytest.raises(ValueError, match="cannot warm-start .*embed_dim"):
+        pretrain(examples, tmp_path / "w", wider, progress=False, init_encoder=first.encoder_path)
 
 
 def test_linear_probe_auc_reads_a_planted_signal() -> None:

@@ -88,15 +88,7 @@ def test_sensor_requests_each_new_batch_once(tmp_path: Path) -> None:
 
 def feast_store_with_ehr(data_dir: Path, root: Path, patient_id: str) -> None:
     """A real Feast store under ``data_dir`` whose EHR knows ``patient_id`` (hospital MRN)."""
-    from test_feast_store import (
-        AS_OF,
-        LOOKBACK,
-        N_SIG,
-        REPO_DIR,
-        TTL_DAYS,
-        archive_ehr,
-        write_ehr,
-    )
+    from ehr_factory import AS_OF, LOOKBACK, N_SIG, REPO_DIR, TTL_DAYS, archive_ehr, write_ehr
 
     from cohorts.ehr import build_feature_tables, combine_cohorts, fit_signatures
     from cohorts.privacy import resolve_key

@@ -129,3 +129,34 @@ def test_arrival_batches_join_the_next_retraining_and_every_card_names_their_ver
         assert pointer["version"] == (
             models["version"] if gate["promoted"] else log[0]["challenger"]
         )
+
+
+def test_a_retraining_can_warm_start_from_the_production_encoder(
+    tiny_pipeline: tuple, tmp_path: Path
+) -> None:
+    """encoder_init production: jepa_encoder starts from the encoder the production models
+    were built on, says so in its metadata and card, and is a new encoder version."""
+    root = copy_pipeline(tiny_pipeline, tmp_path / "copy")
+    models = root / "artifacts" / "models"
+    production = json.loads((models / "production.json").read_text())["version"]
+    built_on = json.loads((models / production / "card.json").read_text())["encoder_version"]
+    config = pipeline_run_config(root)
+    config["ops"] = {"jepa_encoder": {"config": {"encoder_init": "production"}}}
+    with dg.instance_for_test() as instance:
+        run = defs.resolve_job_def("full_pipeline").execute_in_process(
+            instance=instance, run_config=config, asset_selection=[dg.AssetKey("jepa_encoder")]
+        )
+        assert run.success
+        meta = _latest(instance, "jepa_encoder")
+    assert meta["init"] == f"warm start from {built_on}" and meta["version"] != built_on
+    card = json.loads((root / "artifacts" / "encoders" / meta["version"] / "card.json").read_text())
+    assert card["init"]["encoder_version"] == built_on
+    config["ops"] = {"jepa_encoder": {"config": {"encoder_init": "latest"}}}
+    with dg.instance_for_test() as instance:
+        bad = defs.resolve_job_def("full_pipeline").execute_in_process(
+            instance=instance,
+            run_config=config,
+            asset_selection=[dg.AssetKey("jepa_encoder")],
+            raise_on_error=False,
+        )
+    assert not bad.success

@@ -123,6 +123,11 @@ def resolve_model_path(model: str | None, artifacts_dir: Path) -> Path:
         if not path.is_file():
             raise PredictionError(f"model file not found: {path}")
         return path
+    return production_model_path(model or DEFAULT_MODEL, artifacts_dir)
+
+
+def production_model_path(name: str, artifacts_dir: Path) -> Path:
+    """The ONNX file production.json names ``name`` (never a path the caller gave)."""
     pointer_path = Path(artifacts_dir) / "models" / "production.json"
     if not pointer_path.is_file():
         raise PredictionError(
@@ -130,7 +135,6 @@ def resolve_model_path(model: str | None, artifacts_dir: Path) -> Path:
             "--model PATH/TO/model.onnx)"
         )
     pointer = json.loads(pointer_path.read_text())
-    name = model or DEFAULT_MODEL
     if name not in pointer.get("models", {}):
         raise PredictionError(
             f"production model {pointer.get('version')} has no model {name!r}; "

@@ -37,7 +37,7 @@ from serving.predict import (
     parse_nodule,
     predict_batch_loaded,
     predict_loaded,
-    resolve_model_path,
+    production_model_path,
 )
 
 CASE_FIELDS = {
@@ -116,7 +116,7 @@ class PredictionService:
         if name is not None and (name.endswith(".onnx") or "/" in name):
             raise PredictionError("model: give a production model name, not a path")
         self._check_pointer()
-        path = resolve_model_path(name or DEFAULT_MODEL, self.config.artifacts_dir)
+        path = production_model_path(name or DEFAULT_MODEL, self.config.artifacts_dir)
         if path not in self._sessions:
             self._sessions[path] = load_model(path)
         return self._sessions[path]

@@ -184,6 +184,7 @@ def test_batch_answers_each_row(server: str, case: dict[str, Any]) -> None:
         ("/predict", {"at": "1990-01-01"}, 422, "no CT study on 1990-01-01"),
         ("/predict", {"model": "../../etc/model.onnx"}, 422, "not a path"),
         ("/predict", {"model": "nonesuch"}, 422, "has no model 'nonesuch'"),
+        ("/predict", {"model": "README.md"}, 422, "has no model 'README.md'"),  # never a path
         ("/predict", {"features": [1]}, 422, "features: expected an object"),
         ("/predict", {"features": {"copd": 1}}, 422, "features lacks the model's features"),
         ("/predict", {"nodule_xyz_mm": [9e3, 9e3, 9e3]}, 422, "nodule outside the volume"),

@@ -15,9 +15,9 @@ so no worker starts with a copied lock), under
 
 Start-up cost: like spawn, a forkserver worker re-imports the parent's ``__main__`` when it
 starts (unless that is a package's ``__main__``: pytest, ``python -m dagster``), so entry
-points stay light (the ``lungjepa`` script, ``benchmarks.run``: tests/cohorts/test_parallel.py checks
-them), and ``worker_pool`` lets one pool serve several maps (curation's header pass and its
-decode rounds), so its workers start once per run.
+points stay light (the ``lungjepa`` script, ``benchmarks.run``; tests/cohorts/test_parallel.py
+checks them), and ``worker_pool`` lets one pool serve several maps (curation's header pass
+and its decode rounds), so its workers start once per run.
 """
 
 from __future__ import annotations

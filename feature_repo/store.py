@@ -229,11 +229,7 @@ def online_feature_rows(
     One ``get_online_features`` call for all ids, read back as plain dicts (no DataFrame):
     the path a per-request caller takes. A patient the store has no row for maps to Nones.
     """
-    response = store.get_online_features(
-        features=feature_service(store, service),
-        entity_rows=[{"patient_id": pid} for pid in patient_ids],
-    )
-    columns = response.to_dict()
+    columns = _online(store, patient_ids, service).to_dict()
     ids = columns.pop("patient_id")
     return {pid: {name: values[k] for name, values in columns.items()} for k, pid in enumerate(ids)}
 
@@ -242,8 +238,12 @@ def online_features(
     store: FeatureStore, patient_ids: list[str], service: str = SERVING_SERVICE
 ) -> pd.DataFrame:
     """Latest materialised features per patient (one row per id, in the given order)."""
-    response = store.get_online_features(
+    return _online(store, patient_ids, service).to_df()
+
+
+def _online(store: FeatureStore, patient_ids: list[str], service: str) -> Any:
+    """Feast's online response for the ids: one read of every view of ``service``."""
+    return store.get_online_features(
         features=feature_service(store, service),
         entity_rows=[{"patient_id": pid} for pid in patient_ids],
     )
-    return response.to_df()

@@ -133,39 +133,44 @@ class PredictionService:
         except FileNotFoundError:
             return {}
 
+    def _open_specs(self) -> list[ModelSpec]:
+        """The models open now (a snapshot: read without the prediction lock)."""
+        return [spec for _, spec in list(self._sessions.values())]
+
     def health(self) -> dict[str, Any]:
-        """Up, and which production version it answers with (models load on first use)."""
-        with self._lock:
-            self._check_pointer()
-            pointer = self.production()
-            return {
-                "status": "ok" if pointer else "no production model",
-                "production_version": pointer.get("version"),
-                "models_open": sorted(spec.name for _, spec in self._sessions.values()),
-                "reloads": self.reloads,
-                "torch_loaded": "torch" in sys.modules,  # the serving path never loads it
-                "up_since": self.started.isoformat(timespec="seconds"),
-            }
+        """Up, and which production version it answers with (models load on first use).
+
+        Never waits for a running prediction (no lock): ``models_open`` and ``reloads`` are
+        as of the last request, since a changed pointer takes effect on the next prediction.
+        """
+        pointer = self.production()
+        return {
+            "status": "ok" if pointer else "no production model",
+            "production_version": pointer.get("version"),
+            "models_open": sorted(spec.name for spec in self._open_specs()),
+            "reloads": self.reloads,
+            "torch_loaded": "torch" in sys.modules,  # the serving path never loads it
+            "up_since": self.started.isoformat(timespec="seconds"),
+        }
 
     def models(self) -> dict[str, Any]:
-        """The production pointer and, per open model, what its card and metadata say."""
-        with self._lock:
-            self._check_pointer()
-            return {
-                "production": self.production(),
-                "open": {
-                    spec.name: {
-                        "version": spec.version,
-                        "encoder_version": spec.encoder_version,
-                        "sha256": spec.sha256,
-                        "inputs": list(spec.inputs),
-                        "crop_shape_zyx": list(spec.crop_shape_zyx),
-                        "crop_spacing_mm": spec.crop_spacing_mm,
-                        "ehr_feature_names": list(spec.ehr_feature_names),
-                    }
-                    for _, spec in self._sessions.values()
-                },
-            }
+        """The production pointer and, per open model, what its card and metadata say (no
+        lock, like ``health``)."""
+        return {
+            "production": self.production(),
+            "open": {
+                spec.name: {
+                    "version": spec.version,
+                    "encoder_version": spec.encoder_version,
+                    "sha256": spec.sha256,
+                    "inputs": list(spec.inputs),
+                    "crop_shape_zyx": list(spec.crop_shape_zyx),
+                    "crop_spacing_mm": spec.crop_spacing_mm,
+                    "ehr_feature_names": list(spec.ehr_feature_names),
+                }
+                for spec in self._open_specs()
+            },
+        }
 
     # ------------------------------------------------------------ predictions
 

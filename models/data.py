@@ -7,6 +7,7 @@ features; nothing here normalises, so the exported model carries its own constan
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -112,6 +113,28 @@ class ExampleSet:
             if f.name == "ehr_feature_names"
             else getattr(self, f.name)[idx]
             for f in fields(self)
+        }
+        return ExampleSet(**values)
+
+    @staticmethod
+    def concat(parts: Sequence[ExampleSet]) -> ExampleSet:
+        """The rows of every part, in order; the parts must share T, S and the EHR features."""
+        if not parts:
+            raise ValueError("concat needs at least one ExampleSet")
+        names = parts[0].ehr_feature_names
+        for part in parts[1:]:
+            if not np.array_equal(part.ehr_feature_names, names):
+                raise ValueError("examples: cannot concatenate sets with different EHR features")
+            if part.crops_hu.shape[1:] != parts[0].crops_hu.shape[1:]:
+                raise ValueError(
+                    f"examples: cannot concatenate crops {part.crops_hu.shape[1:]} and "
+                    f"{parts[0].crops_hu.shape[1:]}"
+                )
+        values = {
+            f.name: names
+            if f.name == "ehr_feature_names"
+            else np.concatenate([getattr(p, f.name) for p in parts])
+            for f in fields(ExampleSet)
         }
         return ExampleSet(**values)
 

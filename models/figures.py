@@ -128,3 +128,18 @@ def plot_promotions(records: list[Mapping[str, Any]], path: Path) -> None:
     ax.set_ylim(0, 1)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _save_figure(fig, path)
+
+
+def plot_headroom(check: Mapping[str, Any], path: Path) -> None:
+    """Horizontal bars: the truth-label AUC each set of inputs reaches (models/instrument.py)."""
+    rows = list(check["headroom"])
+    fig = Figure(figsize=(7.0, 0.45 * len(rows) + 1.2))
+    ax = fig.add_subplot()
+    ax.barh([r["features"] for r in rows], [r["auc"] for r in rows], color="#4c72b0")
+    for i, row in enumerate(rows):
+        ax.text(row["auc"] + 0.005, i, f"{row['auc']:.3f}", va="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0.5, 1.0)
+    ax.set_xlabel("cross-validated AUC of the truth label")
+    ax.set_title(f"What each view leaves for pretraining (n = {check['n']})")
+    _save_figure(fig, path)

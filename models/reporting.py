@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from models.evaluation import MODELS
+from models.instrument import instrument_markdown
 
 PAPER_SOURCE = "Li et al., arXiv 2509.15470 (2025), abstract"
 # Published AUCs (malignant vs benign) from the paper's abstract; None where not reported.
@@ -117,6 +118,7 @@ def results_markdown(
     ablation: Mapping[str, Any] | None = None,
     pretrain_ablation: Mapping[str, Any] | None = None,
     replicates: Sequence[Mapping[str, Any]] = (),
+    instrument: Mapping[str, Any] | None = None,
 ) -> str:
     """Render docs/RESULTS.md from metrics/evaluation.json (combine_cohort_results shape).
 
@@ -126,6 +128,7 @@ def results_markdown(
     records of `lungjepa demo --seed N --out DIR` (the same demo on other generator seeds).
 
     agreement: per cohort, rank_agreement of the models' predictions (a Spearman matrix).
+    instrument: metrics/cause_visibility.json (models/instrument.py; generator data only).
     probe: the encoder card's frozen-encoder probes (pretrained vs random initialisation).
 
     drift: the cohort_drift summary (drift.json next to the model card); when given, a
@@ -199,6 +202,8 @@ def results_markdown(
         out += ["", _pretrain_ablation_section(pretrain_ablation)]
     if probe:
         out += ["", _probe_section(probe)]
+    if instrument:
+        out += ["", instrument_markdown(instrument, str(instrument["encoder_version"]))]
     if agreement:
         out += ["", _agreement_section(agreement)]
     if drift is not None and {"internal", "external"} <= set(cohorts):

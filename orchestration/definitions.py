@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import dagster as dg
 
-from orchestration.assets import data, evaluation, export, features, incoming, training
+from orchestration.assets import (
+    data,
+    evaluation,
+    export,
+    features,
+    incoming,
+    instrument,
+    training,
+)
 from orchestration.assets.incoming import IncomingArchive
 from orchestration.checks import onnx_parity
 from orchestration.jobs import full_pipeline, incoming_curation, retraining, weekly_retraining
@@ -19,7 +27,9 @@ from orchestration.sensors import incoming_batches, run_failures
 
 defs = dg.Definitions(
     assets=[
-        *dg.load_assets_from_modules([data, features, training, evaluation, export, incoming]),
+        *dg.load_assets_from_modules(
+            [data, features, training, instrument, evaluation, export, incoming]
+        ),
         cohort_drift,
     ],
     asset_checks=[onnx_parity, *QUALITY_CHECKS],

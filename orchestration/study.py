@@ -82,6 +82,7 @@ def run_cell(instance: dg.DagsterInstance, root: Path, regime: float, seed: int)
             "training_examples",
             "jepa_encoder",
             "diagnostic_models",
+            "cause_visibility",
             "evaluation",
         )
     ]

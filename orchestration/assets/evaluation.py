@@ -39,6 +39,7 @@ from models.reporting import (
     PAPER_AUC,
     results_markdown,
 )
+from orchestration.assets.instrument import INSTRUMENT_JSON
 from orchestration.assets.training import jepa_encoder
 from orchestration.dvc_versions import dvc_metadata
 from orchestration.lineage import ENCODERS, MODELS, built_on
@@ -176,7 +177,8 @@ class EvaluationConfig(dg.Config):
     group_name="diagnosis",
     # cohort_drift (orchestration/quality.py) is upstream so RESULTS.md can set its signals
     # beside the measured external AUC change; named by key to keep the import one-way.
-    deps=[diagnostic_models, dg.AssetKey("cohort_drift")],
+    # cause_visibility (orchestration/assets/instrument.py): the instrument's own check.
+    deps=[diagnostic_models, dg.AssetKey("cohort_drift"), dg.AssetKey("cause_visibility")],
     kinds={"python"},
     code_version="1",
     description="AUC with percentile-bootstrap 95% CIs, Brier, DeLong tests (ours vs each model) "
@@ -249,6 +251,11 @@ def evaluation(
     agreement = {cohort: rank_agreement(predictions[cohort]) for cohort in labels}
     encoder_card = paths.artifacts / "encoders" / encoder_version / "card.json"
     probe = json.loads(encoder_card.read_text()).get("probe") if encoder_card.exists() else None
+    instrument_path = metrics / INSTRUMENT_JSON
+    instrument = json.loads(instrument_path.read_text()) if instrument_path.exists() else None
+    if instrument is not None and instrument.get("encoder_version") != encoder_version:
+        context.log.info(f"{instrument_path} is of another encoder: not reported")
+        instrument = None
     ablations = {
         name: json.loads(path.read_text()) if (path := metrics / f"{name}.json").exists() else None
         for name in ("ablation", "pretrain_ablation")
@@ -263,6 +270,7 @@ def evaluation(
         ablations["ablation"],
         ablations["pretrain_ablation"],
         [json.loads(f.read_text()) for f in sorted((metrics / "replicates").glob("seed*.json"))],
+        instrument,
     )
     atomic_write_text(Path(config.results_markdown), markdown)
     rows = [

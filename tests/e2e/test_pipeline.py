@@ -20,6 +20,7 @@ CHAIN = [
     "training_examples",
     "jepa_encoder",
     "diagnostic_models",
+    "cause_visibility",
     "evaluation",
     "onnx_model",
     "production_model",
@@ -112,6 +113,23 @@ def test_outputs_follow_the_contracts(pipeline) -> None:
     assert f"- models version: `{latest['version']}`" in results
     models_card = json.loads((root / "artifacts" / latest["path"] / "card.json").read_text())
     assert f"- encoder version: `{models_card['encoder_version']}`" in results
+
+
+def test_instrument_check_reads_the_truth_of_this_runs_patients(pipeline) -> None:
+    """cause_visibility joins the generator's truth to the examples by pseudonym (every
+    site-1 patient found) and RESULTS.md reports it for the encoder the models were built on."""
+    root, _, _ = pipeline
+    check = json.loads((root / "metrics" / "cause_visibility.json").read_text())
+    sizes = [
+        len(np.load(root / "data" / "examples" / f"{c}.npz")["label"]) for c in check["cohorts"]
+    ]
+    assert check["cohorts"] == ["archive", "internal"] and check["n"] <= sum(sizes)
+    latest = json.loads((root / "artifacts" / "models" / "latest.json").read_text())
+    models_card = json.loads((root / "artifacts" / latest["path"] / "card.json").read_text())
+    assert check["encoder_version"] == models_card["encoder_version"]
+    results = (root / "RESULTS.md").read_text()
+    assert "## Where the label's causes are visible (generator truth)" in results
+    assert f"`{check['encoder_version']}`" in results
 
 
 def test_reported_aucs_are_those_of_the_saved_predictions_of_exactly_the_test_patients(

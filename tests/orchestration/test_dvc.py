@@ -31,6 +31,7 @@ STAGES = ("synth", "curate", "features", "pretrain", "finetune_evaluate_export")
 EDGES = {
     ("synth", "curate"),
     ("synth", "features"),
+    ("synth", "finetune_evaluate_export"),  # the instrument check reads the generator's truth
     ("curate", "features"),
     ("features", "pretrain"),
     ("features", "finetune_evaluate_export"),

@@ -40,6 +40,10 @@ CAUSES: dict[str, str] = {
     "ehr_history": "H, EHR only (oncologic history)",
 }
 """The label's latent causes in truth/patients.csv, with what sees each (docs/SYNTHETIC.md)."""
+SIZE = "log_diameter"
+"""The label's strongest imaging driver, probed beside the causes: log diameter (mm) of the
+latest scan's index nodule, from the annotations (a measurement, not truth)."""
+TARGETS: dict[str, str] = {**CAUSES, SIZE: "size: log diameter at the latest scan"}
 
 VIEWS: dict[str, str] = {
     "ehr": "EHR features",
@@ -150,16 +154,8 @@ def nodule_size_growth(examples: ExampleSet) -> np.ndarray:
     return np.column_stack([np.log(diameter[rows, latest]), growth, has_prior.astype(float)])
 
 
-def _truth_rows(examples: ExampleSet, truth: pd.DataFrame) -> pd.DataFrame:
-    """truth's rows in the examples' patient order; KeyError naming the ids truth lacks."""
-    missing = [p for p in examples.patient_id if p not in truth.index]
-    if missing:
-        raise KeyError(
-            f"generator truth has no row for {len(missing)} of {len(examples.patient_id)} "
-            f"patients (first: {missing[0]}); were the examples built from these raw cohorts, "
-            "with the key that pseudonymised them?"
-        )
-    return truth.loc[examples.patient_id]
+class TooFewPatients(ValueError):
+    """Too few patients (or of one class) with truth for cross-validated probes."""
 
 
 def instrument_check(
@@ -172,28 +168,32 @@ def instrument_check(
     """Visibility of each cause in each view, and the label AUC each set of views reaches.
 
     truth: the generator's patients.csv indexed by pseudonymised patient id, with the CAUSES
-    columns, ``malignant`` (0/1) and ``label_logit``. Patients without a usable index-nodule
-    diameter are left out. Returns a JSON-ready dict: n, malignant, regime (from truth),
-    visibility rows {cause, view, r2} and headroom rows {features, auc}.
+    columns, ``malignant`` (0/1) and ``label_logit``. Patients truth does not know (arrival
+    batches that joined a cohort, say) and those without a usable index-nodule diameter are
+    left out and counted. Returns a JSON-ready dict: n, without_truth, malignant, regime (from
+    truth), visibility rows {cause, view, r2} and headroom rows {features, auc}. Raises
+    TooFewPatients when fewer than 4 x folds patients, or fewer than folds of a class, remain.
     """
-    rows = _truth_rows(examples, truth)
     latest = examples.scan_mask.shape[1] - 1
     diameter = examples.diameter_mm[:, latest].astype(np.float64)
-    keep = np.flatnonzero(np.isfinite(diameter) & (diameter > 0))
-    examples, rows = examples.subset(keep), rows.iloc[keep]
+    known = np.isin(examples.patient_id, truth.index.to_numpy())
+    keep = np.flatnonzero(known & np.isfinite(diameter) & (diameter > 0))
+    examples = examples.subset(keep)
+    rows = truth.loc[examples.patient_id]
     label = rows["malignant"].to_numpy().astype(int)
     if len(keep) < 4 * config.folds or np.bincount(label, minlength=2).min() < config.folds:
-        raise ValueError(
+        raise TooFewPatients(
             f"instrument check needs >= {4 * config.folds} patients and >= {config.folds} of "
             f"each class, got {len(keep)} with {int(label.sum())} malignant"
         )
     views = view_features(examples, encoder, random_encoder)
+    nodule = nodule_size_growth(examples)
+    targets = {**{c: rows[c].to_numpy() for c in CAUSES}, SIZE: nodule[:, 0]}
     visibility = [
-        {"cause": cause, "view": view, "r2": cv_r2(features, rows[cause].to_numpy(), config)}
-        for cause in CAUSES
+        {"cause": name, "view": view, "r2": cv_r2(features, target, config)}
+        for name, target in targets.items()
         for view, features in views.items()
     ]
-    nodule = nodule_size_growth(examples)
     size, causes, ehr = nodule[:, :1], rows[list(CAUSES)].to_numpy(), views["ehr"]
     true_s = causes[:, :1]
     feature_sets: dict[str, np.ndarray] = {
@@ -201,6 +201,7 @@ def instrument_check(
         "size + EHR": np.hstack([size, ehr]),
         "size + EHR + crop HU histogram": np.hstack([size, ehr, views["crop_histogram"]]),
         "size + EHR + JEPA image tokens": np.hstack([size, ehr, views["jepa_image"]]),
+        "size + EHR + random-init image tokens": np.hstack([size, ehr, views["random_image"]]),
         "size + EHR + true S": np.hstack([size, ehr, true_s]),
         "size + true S, M, H": np.hstack([size, causes]),
         "size, growth": nodule,
@@ -215,6 +216,7 @@ def instrument_check(
     regimes = rows["regime"].unique() if "regime" in rows else np.array([])
     return {
         "n": int(len(keep)),
+        "without_truth": int((~known).sum()),
         "malignant": int(label.sum()),
         "regime": float(regimes[0]) if len(regimes) == 1 else None,
         "folds": config.folds,
@@ -226,10 +228,10 @@ def instrument_check(
 def _r2_table(visibility: Sequence[Mapping[str, Any]]) -> list[str]:
     r2 = {(row["cause"], row["view"]): row["r2"] for row in visibility}
     lines = [
-        "| cause | " + " | ".join(VIEWS.values()) + " |",
+        "| cause or driver | " + " | ".join(VIEWS.values()) + " |",
         "|---" * (len(VIEWS) + 1) + "|",
     ]
-    for cause, label in CAUSES.items():
+    for cause, label in TARGETS.items():
         cells = [r2.get((cause, view)) for view in VIEWS]
         lines.append(
             f"| {label} | " + " | ".join("n/a" if v is None else f"{v:.3f}" for v in cells) + " |"
@@ -247,7 +249,13 @@ def instrument_markdown(check: Mapping[str, Any], encoder_version: str) -> str:
         "",
         f"The synthetic instrument's own check on site 1's {cohorts} cohorts ({check['n']} "
         "patients, "
-        f"{check['malignant']} malignant by the generator's truth; regime "
+        f"{check['malignant']} malignant by the generator's truth"
+        + (
+            f", {check['without_truth']} without truth left out"
+            if check.get("without_truth")
+            else ""
+        )
+        + "; regime "
         f"{'n/a' if regime is None else f'{regime:g}'}), with the JEPA encoder "
         f"`{encoder_version}`. No model reads these labels; they measure how much room the "
         "data leave for pretraining. Visibility: "
@@ -268,4 +276,32 @@ def instrument_markdown(check: Mapping[str, Any], encoder_version: str) -> str:
         "|---|---|",
         *(f"| {row['features']} | {row['auc']:.3f} |" for row in check["headroom"]),
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + _reading(check))
+
+
+def _reading(check: Mapping[str, Any]) -> list[str]:
+    """The differences the section exists for, computed from its own rows."""
+    auc = {row["features"]: row["auc"] for row in check["headroom"]}
+    r2 = {(row["cause"], row["view"]): row["r2"] for row in check["visibility"]}
+    base = auc.get("size + EHR")
+    added = {
+        "a perfect reader of S": auc.get("size + EHR + true S"),
+        "the frozen JEPA image tokens": auc.get("size + EHR + JEPA image tokens"),
+        "the crop HU histogram": auc.get("size + EHR + crop HU histogram"),
+    }
+    if base is None or any(v is None for v in added.values()):
+        return []
+    gains = "; ".join(f"{name} {value - base:+.3f}" for name, value in added.items())
+    lines = ["", f"Added to size + EHR ({base:.3f}): {gains}."]
+    pairs = [
+        (c, short)
+        for c, short in (("shared_damage", "S"), (SIZE, "size"))
+        if (c, "jepa_image") in r2
+    ]
+    if pairs:
+        read = "; ".join(
+            f"{short} R^2 {r2[(c, 'jepa_image')]:.3f} vs {r2[(c, 'random_image')]:.3f}"
+            for c, short in pairs
+        )
+        lines.append(f"Frozen JEPA vs random-init image tokens: {read}.")
+    return lines

@@ -10,7 +10,12 @@ from cohorts.synthetic.truth import read_truth
 from models.data import ExampleSet, load_examples
 from models.encoders import MultimodalEncoder, load_encoder
 from models.figures import plot_headroom
-from models.instrument import InstrumentConfig, instrument_check, instrument_markdown
+from models.instrument import (
+    InstrumentConfig,
+    TooFewPatients,
+    instrument_check,
+    instrument_markdown,
+)
 from orchestration.assets.training import jepa_encoder
 from orchestration.lineage import ENCODERS, built_on
 from orchestration.metadata import flat_numbers, image_markdown
@@ -27,6 +32,7 @@ SITE_1: tuple[str, ...] = ("archive", "internal")
     deps=[jepa_encoder],
     kinds={"python"},
     code_version="1",
+    pool="cause_visibility",
     description="Generator data only: where each latent cause of the label is visible (EHR, "
     "the crop's HU histogram, the frozen JEPA encoder vs a random one) and how much AUC each "
     "view leaves beyond size and EHR, from the generator's truth on site 1 (archive and "
@@ -52,7 +58,11 @@ def cause_visibility(
     encoder = load_encoder(folder / "encoder.safetensors")
     torch.manual_seed(config.seed)
     random_encoder = MultimodalEncoder(encoder.config)
-    check = instrument_check(examples, truth, encoder, random_encoder, config)
+    try:
+        check = instrument_check(examples, truth, encoder, random_encoder, config)
+    except TooFewPatients as error:  # a report, not a gate: the run goes on without it
+        (paths.metrics / INSTRUMENT_JSON).unlink(missing_ok=True)
+        return dg.MaterializeResult(metadata={"computed": False, "reason": str(error)})
     check["cohorts"] = list(SITE_1)
     check["encoder_version"] = version
     atomic_write_json(paths.metrics / INSTRUMENT_JSON, check)
@@ -65,6 +75,7 @@ def cause_visibility(
             "computed": True,
             "encoder_version": dg.MetadataValue.text(version),
             "patients": check["n"],
+            "patients_without_truth": check["without_truth"],
             "report": dg.MetadataValue.md(instrument_markdown(check, version)),
             "headroom": image_markdown(png, "Label AUC by inputs (generator truth, site 1)"),
             **flat_numbers(r2, prefix="r2/"),

@@ -12,10 +12,12 @@ from cohorts.synthetic.truth import read_truth
 from models.data import ExampleSet, random_examples
 from models.encoders import EncoderConfig, MultimodalEncoder
 from models.instrument import (
-    CAUSES,
     HISTOGRAM_EDGES_HU,
+    SIZE,
+    TARGETS,
     VIEWS,
     InstrumentConfig,
+    TooFewPatients,
     crop_histogram,
     instrument_check,
     instrument_markdown,
@@ -85,7 +87,8 @@ def test_check_finds_a_cause_where_it_was_planted() -> None:
         examples, truth, _encoder(examples, 0), _encoder(examples, 1), InstrumentConfig()
     )
     r2 = {(row["cause"], row["view"]): row["r2"] for row in check["visibility"]}
-    assert set(r2) == {(c, v) for c in CAUSES for v in VIEWS}
+    assert set(r2) == {(c, v) for c in TARGETS for v in VIEWS}
+    assert r2[(SIZE, "crop_histogram")] > 0.5  # a soft sphere's voxel count is its size
     assert r2[("shared_damage", "ehr")] > 0.95  # S is EHR feature 2 itself
     assert r2[("imaging_aggr", "ehr")] < 0.2 and r2[("ehr_history", "crop_histogram")] < 0.2
     auc = {row["features"]: row["auc"] for row in check["headroom"]}
@@ -94,16 +97,16 @@ def test_check_finds_a_cause_where_it_was_planted() -> None:
     assert 0 < check["malignant"] < 80
     text = instrument_markdown({**check, "cohorts": ["archive"]}, "enc123")
     assert "`enc123`" in text and all(row["features"] in text for row in check["headroom"])
-    assert all(label in text for label in CAUSES.values())
+    assert all(label in text for label in TARGETS.values())
 
 
-def test_check_refuses_patients_without_truth_and_too_few_patients() -> None:
+def test_check_leaves_out_patients_without_truth_and_refuses_too_few() -> None:
     examples = random_examples(30, timepoints=2, crop_size_vox=16, n_ehr=4)
     truth = _truth(examples)
     enc = _encoder(examples, 0)
-    with pytest.raises(KeyError, match="no row for 2 of 30 patients"):
-        instrument_check(examples, truth.iloc[2:], enc, enc)
-    with pytest.raises(ValueError, match=">= 20 patients"):
+    partial = instrument_check(examples, truth.iloc[2:], enc, enc)
+    assert partial["n"] == 28 and partial["without_truth"] == 2
+    with pytest.raises(TooFewPatients, match=">= 20 patients"):
         small = examples.subset(np.arange(10))
         instrument_check(small, truth, enc, enc)
 

@@ -212,6 +212,48 @@ def agreement_by_regime(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+INSTRUMENT_COLUMNS: dict[str, tuple[str, str | None]] = {
+    "size + EHR": ("size + EHR", None),
+    "added by true S": ("size + EHR + true S", "size + EHR"),
+    "added by JEPA image tokens": ("size + EHR + JEPA image tokens", "size + EHR"),
+    "size, growth + EHR": ("size, growth + EHR", None),
+}
+"""Study columns from each cell's instrument check (models/instrument.py headroom rows): an
+AUC, or the AUC one set of inputs adds to another."""
+
+
+def instrument_by_regime(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per regime: mean over seeds of the instrument check's headroom (INSTRUMENT_COLUMNS) and
+    of the S and size R^2 of the frozen JEPA vs random-init image tokens.
+
+    Cells run before the check existed carry no ``instrument`` and are not counted.
+    """
+    rows = []
+    for regime in sorted({c["regime"] for c in cells}):
+        checks = [c["instrument"] for c in cells if c["regime"] == regime and c.get("instrument")]
+        if not checks:
+            continue
+        row: dict[str, Any] = {"regime": regime, "cells": len(checks)}
+        for column, (inputs, minus) in INSTRUMENT_COLUMNS.items():
+            values = []
+            for check in checks:
+                auc = {r["features"]: r["auc"] for r in check["headroom"]}
+                if inputs in auc and (minus is None or minus in auc):
+                    values.append(auc[inputs] - (auc[minus] if minus else 0.0))
+            row[column] = float(np.mean(values)) if values else None
+        for cause, short in (("shared_damage", "S"), ("log_diameter", "size")):
+            for view, name in (("jepa_image", "JEPA"), ("random_image", "random")):
+                values = [
+                    r["r2"]
+                    for check in checks
+                    for r in check["visibility"]
+                    if r["cause"] == cause and r["view"] == view
+                ]
+                row[f"{short} R^2, {name}"] = float(np.mean(values)) if values else None
+        rows.append(row)
+    return rows
+
+
 def plot_study(rows: list[dict[str, Any]], path: Path) -> None:
     """Pooled AUC difference vs regime, one line per comparison, 95% CIs as error bars."""
     fig = Figure(figsize=(6.0, 4.0))

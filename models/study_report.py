@@ -81,6 +81,19 @@ def study_section(study: Mapping[str, Any]) -> str:
             "",
         ]
         parts += markdown_table(list(study["agreement"]), ("regime",))
+    if study.get("instrument"):
+        parts += [
+            "",
+            "## Room the data leave, by regime (generator truth, mean over seeds)",
+            "",
+            "Each cell's instrument check (docs/ARCHITECTURE.md, models/instrument.py) on its "
+            "site-1 patients: cross-validated AUC of the truth label from size + EHR, what the "
+            "true shared cause S or the frozen JEPA image tokens add to it, the same with "
+            "growth, and how well the frozen JEPA and a random-init encoder's image tokens "
+            "read S and size (R^2).",
+            "",
+        ]
+        parts += markdown_table(list(study["instrument"]), ("regime", "cells"))
     return "\n".join(parts)
 
 

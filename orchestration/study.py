@@ -34,12 +34,14 @@ from models.study import (
     COMPARISONS,
     StudySettings,
     agreement_by_regime,
+    instrument_by_regime,
     plot_study,
     primary_result,
     summarise,
     trends,
 )
 from models.study_report import study_markdown
+from orchestration.assets.instrument import INSTRUMENT_JSON
 from orchestration.params import params, section
 from orchestration.resources import PipelinePaths, resources_under
 
@@ -101,6 +103,12 @@ def run_cell(instance: dg.DagsterInstance, root: Path, regime: float, seed: int)
             f"study cell regime={regime} seed={seed} failed; see run {result.run_id}"
         )
     return json.loads((root / "metrics" / "evaluation.json").read_text())
+
+
+def cell_instrument(root: Path) -> dict[str, Any] | None:
+    """The cell's instrument check (metrics/cause_visibility.json), None if it has none."""
+    path = root / "metrics" / INSTRUMENT_JSON
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def cell_name(regime: float, seed: int) -> str:
@@ -226,6 +234,7 @@ def run_study(
                     "seed": int(seed),
                     "settings_fingerprint": fingerprint,
                     "evaluation": evaluation,
+                    "instrument": cell_instrument(cell_root),
                 }
                 _, models = PipelinePaths(artifacts_dir=str(cell_root / "artifacts")).latest(
                     "models"
@@ -258,6 +267,7 @@ def run_study(
         "primary": primary_result(rows, trend_rows, plan, missing),
         "trends": trend_rows,
         "agreement": agreement_by_regime(cells),
+        "instrument": instrument_by_regime(cells),
         "cells": cells,
     }
     atomic_write_json(metrics_dir / "study.json", study)

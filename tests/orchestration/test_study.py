@@ -107,6 +107,15 @@ def test_run_study_runs_each_cell_once_resumes_from_its_record_and_summarises_it
         assert row["pooled_difference"] == pytest.approx(test.diff, abs=1e-12)
         assert row["n_seeds"] == 1 and row["test_patients_per_cell"] == labels["internal"].size
         assert study["trends"] == []  # one regime: no slope to fit
+        # the cell's instrument check travels in its record and is summarised by regime
+        check = json.loads((cell / "metrics" / "cause_visibility.json").read_text())
+        assert marker["instrument"] == check
+        (by_regime,) = study["instrument"]
+        assert by_regime["regime"] == 0.0 and by_regime["cells"] == 1
+        auc = {r["features"]: r["auc"] for r in check["headroom"]}
+        assert by_regime["added by true S"] == pytest.approx(
+            auc["size + EHR + true S"] - auc["size + EHR"]
+        )
         assert study["cells_missing"] == [] and study["primary"]["complete"]
         shutil.rmtree(tmp_path / "cells")  # the bulky data: the record is enough
         again = run_study(tmp_path / "cells", metrics, [0.0], [0], instance)
@@ -119,6 +128,7 @@ def test_run_study_runs_each_cell_once_resumes_from_its_record_and_summarises_it
         )
         assert len(instance.get_run_records()) == 1  # summarise only: nothing ran
         assert "**Provisional: 1 of 2 planned cells have run**" in document.read_text()
+        assert "## Room the data leave, by regime" in document.read_text()
         assert partial["cells_missing"] == ["regime1_seed0"] and partial["cells_planned"] == 2
         assert not partial["primary"]["complete"] and not partial["primary"]["met"]
         (record / CELL_MARKER).write_text(json.dumps({**marker, "settings_fingerprint": "other"}))

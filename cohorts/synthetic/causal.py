@@ -132,6 +132,11 @@ def sample_cohort_latents(
     # EHR view of the shared cause: structured smoking history is missing for part of the
     # smokers (drawn last, so every column above keeps its random stream)
     df["smoking_documented"] = (rng.random(n) < config.smoking_documented_rate).astype(int)
+    # ... and the lung damage itself reaches the record (symptoms coded, inhalers, spirometry,
+    # a COPD or emphysema diagnosis) only for part of the patients (drawn after, likewise)
+    df["lung_damage_documented"] = (
+        rng.random(n) < config.lung_damage_documented_rate
+    ).astype(int)
     return df
 
 

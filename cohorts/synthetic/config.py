@@ -54,6 +54,9 @@ class SynthConfig:
     # CT emphysema also has non-smoking causes, and EHRs leave smoking history unrecorded
     site_coupling: float = 0.85
     smoking_documented_rate: float = 0.7
+    # most COPD is never diagnosed (docs/SYNTHETIC.md): the damage S reaches the EHR through
+    # respiratory codes, inhalers, spirometry and J43/J44 only for this share of patients
+    lung_damage_documented_rate: float = 0.4
     # external site: scanner and population shift
     external_spacing_factor: float = 1.12
     external_slice_factor: float = 1.25

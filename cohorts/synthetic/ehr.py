@@ -308,14 +308,20 @@ def patient_events(
 
     # latent-driven vocabulary, one vectorised draw per (visit, code)
     latents = {k: float(row[k]) for k in (S, H, CARDIO, MSK, PSY, GI)}
+    # undocumented lung damage: respiratory codes and inhalers at their base rates (never
+    # worked up, never treated), no spirometry, no COPD or emphysema diagnosis
+    lung_documented = bool(row.get("lung_damage_documented", 1))
+    coded = latents if lung_documented else {**latents, S: 0.0}
     base = np.array([c.base_rate * practice.rate(c.code) for c in VOCABULARY])
-    drive = np.array([sum(w * latents[k] for k, w in c.drivers.items()) for c in VOCABULARY])
+    drive = np.array([sum(w * coded[k] for k, w in c.drivers.items()) for c in VOCABULARY])
     p = np.clip(base * np.exp(drive), 0.0, 0.9)
     fires = rng.random((len(visits), len(VOCABULARY))) < p[None, :]
     noise = rng.standard_normal((len(visits), len(VOCABULARY)))
     for v, day in enumerate(visits):
         for c_idx in np.nonzero(fires[v])[0]:
             spec = VOCABULARY[c_idx]
+            if not lung_documented and S in spec.value_drivers:
+                continue  # spirometry is done for the patients whose damage was noticed
             if spec.table == "measurement":
                 shift = sum(w * latents[k] for k, w in spec.value_drivers.items())
                 value = max(0.0, spec.value_mean + shift + spec.value_sd * noise[v, c_idx])
@@ -327,8 +333,8 @@ def patient_events(
     s = latents[S]
     status = "current" if row["current_smoker"] else ("former" if row["ever_smoker"] else "never")
     documented = bool(row.get("smoking_documented", 1))  # else: no smoking code ever written
-    has_copd = rng.random() < 1.0 / (1.0 + np.exp(1.2 - 1.5 * s))
-    has_emph = rng.random() < 1.0 / (1.0 + np.exp(2.0 - 1.8 * s))
+    has_copd = lung_documented & (rng.random() < 1.0 / (1.0 + np.exp(1.2 - 1.5 * s)))
+    has_emph = lung_documented & (rng.random() < 1.0 / (1.0 + np.exp(2.0 - 1.8 * s)))
     copd_code = "J44.1" if rng.random() < 0.3 else "J44.9"
     emph_code = "J43.2" if rng.random() < 0.4 else "J43.9"
     onset_copd = start + np.timedelta64(int(rng.integers(-1095, span)), "D")

@@ -223,6 +223,28 @@ def test_undocumented_smokers_have_no_smoking_codes() -> None:
     assert len(coded & smokers) > 0.8 * len(smokers)  # documented smokers are coded
 
 
+def test_undocumented_lung_damage_leaves_no_lung_codes_and_no_spirometry() -> None:
+    latents, tables = _ehr_sample("internal")
+    documented = latents["lung_damage_documented"].to_numpy().astype(bool)
+    assert 0.3 < documented.mean() < 0.5  # lung_damage_documented_rate 0.4
+    lung = tables["condition_occurrence"]["condition_source_value"].str.match(r"J4[34]")
+    spirometry = tables["measurement"]["measurement_source_value"].isin(["20150-9", "19926-5"])
+    undocumented = {f"P{i}" for i in np.flatnonzero(~documented)}
+    assert undocumented
+    assert not set(tables["condition_occurrence"].loc[lung, "person_id"]) & undocumented
+    assert not set(tables["measurement"].loc[spirometry, "person_id"]) & undocumented
+    # their respiratory codes per visit no longer follow the damage (sicker patients still
+    # visit more often, docs/SYNTHETIC.md); the documented patients' still do
+    n = len(latents)
+    visits = tables["visit_occurrence"]["person_id"].value_counts()
+    per_visit = _code_count(tables, ("R05", "R06", "J20", "J18"), n) / np.array(
+        [visits[f"P{i}"] for i in range(n)]
+    )
+    s = latents["shared_damage"].to_numpy()
+    assert abs(np.corrcoef(per_visit[~documented], s[~documented])[0, 1]) < 0.25
+    assert np.corrcoef(per_visit[documented], s[documented])[0, 1] > 0.5
+
+
 def test_external_coding_practice() -> None:
     _, tables = _ehr_sample("external", n=200)
     conditions = set(tables["condition_occurrence"]["condition_source_value"])

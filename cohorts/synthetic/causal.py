@@ -134,9 +134,7 @@ def sample_cohort_latents(
     df["smoking_documented"] = (rng.random(n) < config.smoking_documented_rate).astype(int)
     # ... and the lung damage itself reaches the record (symptoms coded, inhalers, spirometry,
     # a COPD or emphysema diagnosis) only for part of the patients (drawn after, likewise)
-    df["lung_damage_documented"] = (
-        rng.random(n) < config.lung_damage_documented_rate
-    ).astype(int)
+    df["lung_damage_documented"] = (rng.random(n) < config.lung_damage_documented_rate).astype(int)
     return df
 
 

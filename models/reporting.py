@@ -119,6 +119,7 @@ def results_markdown(
     pretrain_ablation: Mapping[str, Any] | None = None,
     replicates: Sequence[Mapping[str, Any]] = (),
     instrument: Mapping[str, Any] | None = None,
+    settings_fingerprint: str | None = None,
 ) -> str:
     """Render docs/RESULTS.md from metrics/evaluation.json (combine_cohort_results shape).
 
@@ -129,6 +130,9 @@ def results_markdown(
 
     agreement: per cohort, rank_agreement of the models' predictions (a Spearman matrix).
     instrument: metrics/cause_visibility.json (models/instrument.py; generator data only).
+    settings_fingerprint: this run's (orchestration/study.py settings_fingerprint: the measured
+    params and the generator's settings); a side study recorded under another one, or none,
+    is shown under a banner saying so, never as if it measured this run's data.
     probe: the encoder card's frozen-encoder probes (pretrained vs random initialisation).
 
     drift: the cohort_drift summary (drift.json next to the model card); when given, a
@@ -195,11 +199,11 @@ def results_markdown(
     if evaluation.get("label_efficiency", {}).get("models"):
         out += ["", _label_efficiency_section(evaluation["label_efficiency"])]
     if replicates:
-        out += ["", _replicates_section(replicates)]
+        out += ["", _replicates_section(replicates, settings_fingerprint)]
     if ablation:
-        out += ["", _ablation_section(ablation)]
+        out += ["", _ablation_section(ablation, settings_fingerprint)]
     if pretrain_ablation:
-        out += ["", _pretrain_ablation_section(pretrain_ablation)]
+        out += ["", _pretrain_ablation_section(pretrain_ablation, settings_fingerprint)]
     if probe:
         out += ["", _probe_section(probe)]
     if instrument:
@@ -276,7 +280,7 @@ def _label_efficiency_section(curve: Mapping[str, Any]) -> str:
 REPLICATE_MODELS: tuple[str, ...] = ("jepa", "multimodal", "imaging_only", "jepa_probe")
 
 
-def _replicates_section(replicates: Sequence[Mapping[str, Any]]) -> str:
+def _replicates_section(replicates: Sequence[Mapping[str, Any]], current: str | None = None) -> str:
     """The demo on other generator seeds: does the ordering hold on patients never looked at?"""
     header = ["generator seed", *(f"`{m}` internal / external" for m in REPLICATE_MODELS),
               "primary: difference, p"]  # fmt: skip
@@ -299,17 +303,38 @@ def _replicates_section(replicates: Sequence[Mapping[str, Any]]) -> str:
         "with other generator seeds, none of which was used to choose any setting. Internal: "
         "out of fold; external: the fold ensemble."
     )
-    table = {"note": note, "rows": list(replicates), "provenance": commands}
-    return _measured_table("Replicates on other generator seeds", table, header, cells)
+    recorded = {r.get("settings_fingerprint") for r in replicates}
+    table = {
+        "note": note,
+        "rows": list(replicates),
+        "provenance": commands,
+        "settings_fingerprint": recorded.pop() if len(recorded) == 1 else None,
+    }
+    return _measured_table("Replicates on other generator seeds", table, header, cells, current)
 
 
 def _measured_table(
-    title: str, ablation: Mapping[str, Any], header: list[str], cells: Callable[[dict], list[str]]
+    title: str,
+    ablation: Mapping[str, Any],
+    header: list[str],
+    cells: Callable[[dict], list[str]],
+    current: str | None = None,
 ) -> str:
-    """An ablation file as a section: its note, one table row per record, its provenance."""
-    lines = [
-        f"## {title}",
-        "",
+    """An ablation file as a section: its note, one table row per record, its provenance.
+
+    current: this run's settings fingerprint; when the file's differs (or it has none), a
+    banner says the rows measured other settings (an earlier generator or method).
+    """
+    lines = [f"## {title}", ""]
+    recorded = ablation.get("settings_fingerprint")
+    if current is not None and recorded != current:
+        lines += [
+            f"**Measured under other settings** (fingerprint `{recorded or 'not recorded'}`; "
+            f"this run: `{current}`): these rows describe an earlier generator or method, not "
+            "this run's data. Rerun the command below to refresh them.",
+            "",
+        ]
+    lines += [
         str(ablation.get("note", "")),
         "",
         "| " + " | ".join(header) + " |",
@@ -325,7 +350,7 @@ def _auc_ci(row: Mapping[str, Any]) -> str:
     return f"{_fmt(row['auc'])} [{_fmt(row['ci'][0])}, {_fmt(row['ci'][1])}]"
 
 
-def _ablation_section(ablation: Mapping[str, Any]) -> str:
+def _ablation_section(ablation: Mapping[str, Any], current: str | None = None) -> str:
     """Readout / tokenizer ablation (metrics/ablation.json from `lungjepa ablation`)."""
     header = ["readout", "patch stem", "model", "internal AUC (OOF) [95% CI]", "n",
               "finetuning s / fold"]  # fmt: skip
@@ -341,10 +366,11 @@ def _ablation_section(ablation: Mapping[str, Any]) -> str:
             str(row["n"]),
             _fmt(row["seconds_per_fold"], 1),
         ],  # fmt: skip
+        current,
     )
 
 
-def _pretrain_ablation_section(ablation: Mapping[str, Any]) -> str:
+def _pretrain_ablation_section(ablation: Mapping[str, Any], current: str | None = None) -> str:
     """JEPA ingredients (metrics/pretrain_ablation.json from `lungjepa ablation --pretrain`)."""
     header = ["variant", "changes", "model", "internal AUC (OOF) [95% CI]", "external AUC",
               "diameter R^2, centre token", "diameter R^2, mean pool", "archive",
@@ -365,6 +391,7 @@ def _pretrain_ablation_section(ablation: Mapping[str, Any]) -> str:
             _fmt(row.get("ema_target_to_init")),
             _fmt(row["pretrain_seconds"], 0),
         ],  # fmt: skip
+        current,
     )
 
 

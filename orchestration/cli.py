@@ -147,8 +147,11 @@ def record_replicate(root: Path, seed: int, seconds: float) -> Path:
     from cohorts.files import atomic_write_json
 
     metrics = resolve_path(section("paths")["metrics"])
+    from orchestration.study import settings_fingerprint
+
     record = {
         "seed": seed,
+        "settings_fingerprint": settings_fingerprint(),  # seed aside, what the replicate ran
         "command": f"lungjepa demo --seed {seed} --out {os.path.relpath(root, REPO_ROOT)}",
         "minutes": seconds / 60,
         "evaluation": json.loads((root / "metrics" / "evaluation.json").read_text()),
@@ -268,6 +271,7 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     from orchestration.assets.evaluation import DiagnosticConfig
     from orchestration.assets.training import PretrainRunConfig
     from orchestration.resources import PipelinePaths
+    from orchestration.study import settings_fingerprint
 
     paths = PipelinePaths()
     try:
@@ -334,6 +338,8 @@ def cmd_ablation(args: argparse.Namespace) -> int:
         {
             "note": note,
             "provenance": f"{command} ({time.perf_counter() - start:.0f} s)",
+            # the measured params and generator settings (RESULTS.md flags other ones)
+            "settings_fingerprint": settings_fingerprint(),
             "rows": rows,
         },
     )

@@ -46,6 +46,7 @@ from orchestration.lineage import ENCODERS, MODELS, built_on
 from orchestration.metadata import flat_numbers, image_markdown, markdown_table
 from orchestration.params import section, storage_root
 from orchestration.resources import PipelinePaths
+from orchestration.study import settings_fingerprint
 
 _FINETUNE = section("finetune")
 _EVALUATE = section("evaluate")
@@ -271,6 +272,7 @@ def evaluation(
         ablations["pretrain_ablation"],
         [json.loads(f.read_text()) for f in sorted((metrics / "replicates").glob("seed*.json"))],
         instrument,
+        settings_fingerprint(),
     )
     atomic_write_text(Path(config.results_markdown), markdown)
     rows = [

@@ -363,6 +363,17 @@ def test_results_markdown_reports_protocol_comparisons_curve_and_ablation(tmp_pa
     assert "## Label efficiency" in text and "50% of labels" in text
     assert "| `mean` | `linear` | `imaging_only` | 0.751 [0.650, 0.840] | 150 | 12.3 |" in text
     assert "protocol" not in [line.strip("# ") for line in text.splitlines()]  # not a cohort
+    assert "Measured under other settings" not in text  # no run fingerprint: nothing to compare
+    # side studies recorded under this run's settings stand as they are; others get a banner
+    current = {**ablation, "settings_fingerprint": "abc"}
+    flagged = results_markdown(
+        evaluation, PAPER_AUC, provenance, ablation=current, pretrain_ablation=pretrain_ablation,
+        settings_fingerprint="abc",
+    )  # fmt: skip
+    assert flagged.count("**Measured under other settings**") == 1
+    assert "(fingerprint `not recorded`; this run: `abc`)" in flagged
+    section = flagged.split("## What each JEPA ingredient is worth")[1]
+    assert "**Measured under other settings**" in section.split("\n## ")[0]
     png = tmp_path / "curve.png"
     plot_label_efficiency(evaluation["label_efficiency"], png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -145,10 +145,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def record_replicate(root: Path, seed: int, seconds: float) -> Path:
     """metrics/replicates/seed<N>.json: a replicate's evaluation, for RESULTS.md's table."""
     from cohorts.files import atomic_write_json
-
-    metrics = resolve_path(section("paths")["metrics"])
     from orchestration.study import settings_fingerprint
 
+    metrics = resolve_path(section("paths")["metrics"])
     record = {
         "seed": seed,
         "settings_fingerprint": settings_fingerprint(),  # seed aside, what the replicate ran

@@ -15,26 +15,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import BenchResult, BenchSize, in_child
 from cohorts.ehr.features import ehr_feature_names
 from models.data import FIELDS, random_examples
-from models.jepa.pretrain import PARAMS_KEYS, PretrainConfig, build_encoder
+from models.jepa.pretrain import PretrainConfig, build_encoder
 from models.jepa.step import Schedule, new_training, train_step
 
-REPO = Path(__file__).resolve().parents[1]
 COMMAND_CPU = "python -m benchmarks.run --only jepa_cpu"
 COMMAND_GPU = "python -m benchmarks.run --only jepa_gpu"
 
 
 def pretrain_sizes() -> dict[str, Any]:
     """params.yaml base `pretrain` section (no profile) plus the input sizes it trains on."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    pretrain = {k: v for k, v in params["pretrain"].items() if k in PARAMS_KEYS}
+    from orchestration.params import load_params  # yaml only: no torch, Dagster or Feast
+
+    params = load_params()
     return {
-        "pretrain": pretrain,
+        "pretrain": dict(params["pretrain"]),  # PretrainConfig.from_dict refuses unknown keys
         "crop_size_vox": int(params["curate"]["crop_size_vox"]),
         "timepoints": int(params["examples"]["max_timepoints"]),
         "n_ehr": len(ehr_feature_names(int(params["features"]["n_signatures"]))),

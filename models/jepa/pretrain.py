@@ -69,31 +69,6 @@ from models.jepa.probe import check_probe_set, diameter_probe_r2, linear_probe_a
 from models.jepa.step import Schedule, new_training, train_step
 from models.weights import read_header
 
-PARAMS_KEYS: tuple[str, ...] = (
-    "epochs",
-    "batch_size",
-    "lr",
-    "warmup_epochs",
-    "weight_decay",
-    "ema_momentum",
-    "ema_init_weight",
-    "embed_dim",
-    "depth",
-    "heads",
-    "predictor_dim",
-    "predictor_depth",
-    "patch_size_vox",
-    "patch_stem",
-    "stem_width",
-    "ehr_tokens",
-    "loss",
-    "checkpoint_every_steps",
-    "seed",
-    "mask_strategy_weights",
-    "mask_tube",
-)
-"""PretrainConfig fields that params.yaml `pretrain` sets today; the rest default to I-JEPA's recipe."""
-
 CSV_COLUMNS: tuple[str, ...] = (
     "epoch",
     "step",
@@ -112,7 +87,8 @@ CODE_FILES: tuple[str, ...] = ("data.py", "encoders.py", "schedules.py")
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Every pretraining knob; the first block mirrors params.yaml `pretrain` 1:1.
+    """Every pretraining knob. params.yaml `pretrain` sets the first block (its Dagster run
+    config is built from this class, orchestration/configs.py); the rest keep I-JEPA's recipe.
 
     batch_size is global (split evenly over DDP ranks). weight_decay and ema_momentum are
     (start, end) of their schedules. device: "auto" (CUDA if available), "cuda" or "cpu".

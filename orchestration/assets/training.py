@@ -17,6 +17,7 @@ from models.data import ExampleSet, load_examples
 from models.finetune import stratified_patient_split
 from models.jepa.pretrain import PretrainConfig, PretrainResult, artifact_version, pretrain
 from orchestration.assets.features import training_examples
+from orchestration.configs import config_class
 from orchestration.dvc_versions import dvc_metadata
 from orchestration.metadata import flat_numbers, image_markdown
 from orchestration.params import REPO_ROOT, section
@@ -28,30 +29,10 @@ _RETRAINING = section("retraining")
 ENCODER_INITS = ("random", "production")
 
 
-class PretrainRunConfig(dg.Config):
-    """params.yaml `pretrain`; nproc_per_node > 1 runs the same code under torchrun (DDP)."""
+class _PretrainRun(dg.Config):
+    """params.yaml `pretrain` (fields built from PretrainConfig, orchestration/configs.py);
+    nproc_per_node > 1 runs the same code under torchrun (DDP)."""
 
-    epochs: int = _PRETRAIN["epochs"]
-    batch_size: int = _PRETRAIN["batch_size"]
-    lr: float = _PRETRAIN["lr"]
-    warmup_epochs: int = _PRETRAIN["warmup_epochs"]
-    weight_decay: list[float] = _PRETRAIN["weight_decay"]
-    ema_momentum: list[float] = _PRETRAIN["ema_momentum"]
-    ema_init_weight: float = _PRETRAIN["ema_init_weight"]
-    embed_dim: int = _PRETRAIN["embed_dim"]
-    depth: int = _PRETRAIN["depth"]
-    heads: int = _PRETRAIN["heads"]
-    predictor_dim: int = _PRETRAIN["predictor_dim"]
-    predictor_depth: int = _PRETRAIN["predictor_depth"]
-    patch_size_vox: int = _PRETRAIN["patch_size_vox"]
-    patch_stem: str = _PRETRAIN["patch_stem"]
-    stem_width: int = _PRETRAIN["stem_width"]
-    ehr_tokens: int = _PRETRAIN["ehr_tokens"]
-    loss: str = _PRETRAIN["loss"]
-    checkpoint_every_steps: int = _PRETRAIN["checkpoint_every_steps"]
-    seed: int = _PRETRAIN["seed"]
-    mask_strategy_weights: list[float] = _PRETRAIN["mask_strategy_weights"]
-    mask_tube: bool = _PRETRAIN["mask_tube"]
     nproc_per_node: int = 1
     encoder_init: str = Field(
         default=_RETRAINING["encoder_init"],
@@ -63,6 +44,9 @@ class PretrainRunConfig(dg.Config):
     def domain(self, device: str) -> PretrainConfig:
         fields = self.model_dump(exclude={"nproc_per_node", "encoder_init"})
         return PretrainConfig.from_dict({**fields, "device": device})
+
+
+PretrainRunConfig = config_class("PretrainRunConfig", PretrainConfig, _PRETRAIN, _PretrainRun)
 
 
 def production_encoder(paths: PipelinePaths) -> tuple[str, Path] | None:

@@ -103,6 +103,8 @@ def test_tree_memory_sampler_sees_worker_processes() -> None:
     )
     before = tree_rss_bytes(os.getpid())
     with TreeMemorySampler(interval_s=0.05) as sampler:
+        while not sampler.samples:  # a baseline reading before the window (a loaded machine
+            time.sleep(0.01)  # can start the sampler thread late)
         started = time.time()
         child = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
         assert child.stdout is not None and child.stdout.readline().strip() == "ready"

@@ -1,0 +1,44 @@
+"""orchestration/configs.py: Dagster Config classes built from dataclass + params.yaml."""
+
+from dataclasses import dataclass
+
+import dagster as dg
+import pytest
+
+from models.jepa.pretrain import PretrainConfig
+from orchestration.assets.training import PretrainRunConfig
+from orchestration.configs import config_class, config_type
+from orchestration.params import section
+
+
+@dataclass
+class Knobs:
+    steps: int = 1
+    scale: tuple[float, float] = (0.1, 0.2)
+    name: str = "x"
+
+
+def test_fields_take_the_dataclass_types_and_the_params_values() -> None:
+    config = config_class("KnobsConfig", Knobs, {"steps": 5, "scale": (0.3, 0.4)})
+    assert set(config.model_fields) == {"steps", "scale"}  # only what params.yaml sets
+    assert config().steps == 5 and config().scale == [0.3, 0.4]
+    assert config(steps=7).steps == 7
+    with pytest.raises(Exception, match="steps"):
+        config(steps="many")  # typed as the dataclass types it
+    assert config_type(tuple[float, float]) == list[float] and config_type(int) is int
+    with pytest.raises(TypeError, match="mixed types"):
+        config_type(tuple[int, str])
+
+
+def test_a_params_key_the_dataclass_lacks_fails_at_definition() -> None:
+    with pytest.raises(ValueError, match=r"\['stepz'\] are not Knobs fields"):
+        config_class("KnobsConfig", Knobs, {"stepz": 5})
+
+
+def test_pretrain_run_config_is_params_yaml_plus_the_run_knobs() -> None:
+    params = section("pretrain")
+    assert set(PretrainRunConfig.model_fields) == {*params, "nproc_per_node", "encoder_init"}
+    assert issubclass(PretrainRunConfig, dg.Config)
+    domain = PretrainRunConfig().domain("cpu")
+    assert domain == PretrainConfig.from_dict({**params, "device": "cpu"})
+    assert PretrainRunConfig(epochs=3).domain("cpu").epochs == 3

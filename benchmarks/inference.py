@@ -19,7 +19,7 @@ from benchmarks.jepa import pretrain_sizes
 from models.data import FIELDS, random_examples
 from models.diagnostic import DiagnosticModel
 from models.export import export_onnx
-from models.jepa.pretrain import PretrainConfig, build_encoder
+from models.jepa.config import PretrainConfig, build_encoder
 from models.onnx_runtime import load_verified_session, predict_onnx
 
 COMMAND = "python -m benchmarks.run --only inference"

@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.common import BenchResult, BenchSize, in_child
 from cohorts.ehr.features import ehr_feature_names
 from models.data import FIELDS, random_examples
-from models.jepa.pretrain import PretrainConfig, build_encoder
+from models.jepa.config import PretrainConfig, build_encoder
 from models.jepa.step import Schedule, new_training, train_step
 
 COMMAND_CPU = "python -m benchmarks.run --only jepa_cpu"

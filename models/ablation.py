@@ -22,7 +22,8 @@ import torch
 from models.data import ExampleSet
 from models.encoders import EncoderConfig, MultimodalEncoder, load_encoder
 from models.evaluation import bootstrap_auc_ci, roc_auc
-from models.jepa.pretrain import PretrainConfig, build_encoder, pretrain
+from models.jepa.config import PretrainConfig, build_encoder
+from models.jepa.pretrain import pretrain
 from models.jepa.probe import diameter_probe_cv_r2
 from models.protocol import ProtocolConfig, ProtocolResult, run_protocol
 

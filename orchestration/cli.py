@@ -266,7 +266,7 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     from cohorts.files import atomic_write_json
     from models.ablation import run_ablation, run_pretrain_ablation
     from models.data import load_examples
-    from models.jepa.pretrain import encoder_config_for
+    from models.jepa.config import encoder_config_for
     from orchestration.assets.evaluation import DiagnosticConfig
     from orchestration.assets.training import PretrainRunConfig
     from orchestration.resources import PipelinePaths

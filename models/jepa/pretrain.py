@@ -13,18 +13,15 @@ steps; a rerun with the same out_dir resumes from it (same weights, optimiser, R
 order and masks as an uninterrupted run). The artifact is the target encoder (as in I-JEPA):
 out_dir/encoder.safetensors + out_dir/card.json.
 
-Size: over 450 lines because config, versioning, curves, the loop and the CLI still live
-together (the training step is models/jepa/step.py); issue 18 splits the rest by concept
-(config, the loop with resume, the card).
+Size: about 530 lines because the loop with resume, warm start, the card and the torchrun
+CLI live together; the knobs are models/jepa/config.py, the single step step.py, the version
+versioning.py and the curves curves.py. The CLI (a third of the file) is the next to move.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import hashlib
-import io
 import json
 import math
 import os
@@ -42,15 +39,17 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from cohorts.files import atomic_write_bytes, atomic_write_text
-from models.data import FIELDS, ExampleSet, ehr_normalisation, load_examples
-from models.encoders import EncoderConfig, MultimodalEncoder, load_encoder, save_encoder
+from cohorts.files import atomic_write_text
+from models.data import FIELDS, ExampleSet, load_examples
+from models.encoders import MultimodalEncoder, load_encoder, save_encoder
 from models.jepa.checkpoint import (
     load_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
+from models.jepa.config import PretrainConfig, build_encoder
+from models.jepa.curves import write_curves
 from models.jepa.distributed import (
     DistContext,
     all_reduce_mean,
@@ -62,109 +61,18 @@ from models.jepa.ema import (
     init_weight_left,
     relative_distances,
 )
-from models.jepa.loss import LOSSES
-from models.jepa.masks import MaskConfig
 from models.jepa.monitor import collapse_stats
 from models.jepa.probe import check_probe_set, diameter_probe_r2, linear_probe_auc
 from models.jepa.step import Schedule, new_training, train_step
-from models.weights import read_header
-
-CSV_COLUMNS: tuple[str, ...] = (
-    "epoch",
-    "step",
-    "loss",
-    "lr",
-    "weight_decay",
-    "ema_momentum",
-    "target_std_mean",
-    "target_std_min",
-    "effective_rank",
-    "collapsed",
-    "samples_per_s",
+from models.jepa.versioning import (
+    artifact_version,
+    code_version,
+    data_hash,
+    file_sha256,
+    resume_fingerprint,
+    weights_digest,
 )
-CODE_FILES: tuple[str, ...] = ("data.py", "encoders.py", "schedules.py")
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    """Every pretraining knob. params.yaml `pretrain` sets the first block (its Dagster run
-    config is built from this class, orchestration/configs.py); the rest keep I-JEPA's recipe.
-
-    batch_size is global (split evenly over DDP ranks). weight_decay and ema_momentum are
-    (start, end) of their schedules. device: "auto" (CUDA if available), "cuda" or "cpu".
-    """
-
-    epochs: int = 40
-    batch_size: int = 32
-    lr: float = 0.0005
-    warmup_epochs: int = 3
-    weight_decay: tuple[float, float] = (0.04, 0.2)
-    ema_momentum: tuple[float, float] = (0.996, 1.0)
-    ema_init_weight: float = 0.01
-    embed_dim: int = 64
-    depth: int = 3
-    heads: int = 4
-    predictor_dim: int = 32
-    predictor_depth: int = 2
-    patch_size_vox: int = 8
-    patch_stem: str = "linear"
-    stem_width: int = 8
-    ehr_tokens: int = 4
-    loss: str = "smooth_l1"
-    checkpoint_every_steps: int = 50
-    seed: int = 0
-    # not (yet) in params.yaml: I-JEPA defaults
-    final_lr: float = 1.0e-6
-    grad_clip: float = 1.0
-    mask_strategy_weights: tuple[float, float, float] = (0.45, 0.45, 0.1)
-    mask_tube: bool = True
-    mask_n_target_blocks: int = 4
-    mask_block_scale: tuple[float, float] = (0.15, 0.2)
-    mask_block_aspect: tuple[float, float] = (0.75, 1.5)
-    mask_context_scale: tuple[float, float] = (0.85, 1.0)
-    monitor_examples: int = 256
-    collapse_threshold: float = 1.0e-3
-    device: str = "auto"
-    compile: bool = False
-
-    def __post_init__(self) -> None:
-        if self.loss not in LOSSES:
-            raise ValueError(f"PretrainConfig: loss must be one of {LOSSES}, got {self.loss!r}")
-        if min(self.epochs, self.batch_size, self.checkpoint_every_steps) < 1:
-            raise ValueError("PretrainConfig: epochs, batch_size, checkpoint_every_steps >= 1")
-        if self.device not in ("auto", "cuda", "cpu"):
-            raise ValueError("PretrainConfig: device must be auto, cuda or cpu")
-        self.mask_config()  # validates the mask knobs
-
-    def mask_config(self) -> MaskConfig:
-        """The `MaskConfig` these fields describe."""
-        return MaskConfig(
-            strategy_weights=self.mask_strategy_weights,
-            tube=self.mask_tube,
-            n_target_blocks=self.mask_n_target_blocks,
-            block_scale=self.mask_block_scale,
-            block_aspect=self.mask_block_aspect,
-            context_scale=self.mask_context_scale,
-            seed=self.seed,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (tuples as lists)."""
-        return {
-            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
-        }
-
-    @classmethod
-    def from_dict(
-        cls, values: Mapping[str, Any], base: PretrainConfig | None = None
-    ) -> PretrainConfig:
-        """`base` (defaults) overridden by values, e.g. params.yaml `pretrain`; unknown keys raise."""
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = set(values) - set(names)
-        if unknown:
-            raise ValueError(f"PretrainConfig: unknown keys {sorted(unknown)}")
-        coerced = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in values.items()}
-        return dataclasses.replace(base or cls(), **coerced)
+from models.weights import read_header
 
 
 @dataclass(frozen=True)
@@ -200,100 +108,6 @@ class PretrainResult:
         return cls(**{k: Path(summary[k]) if k in paths else summary[k] for k in names})
 
 
-def code_version() -> str:
-    """sha256 of the source that defines what a pretrained encoder is (models/jepa + encoder, data)."""
-    models_dir = Path(__file__).resolve().parent.parent
-    files = sorted(Path(__file__).resolve().parent.glob("*.py"))
-    files += [models_dir / name for name in CODE_FILES]
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def data_hash(examples: ExampleSet) -> str:
-    """sha256 over every array of the example set (names, dtypes, shapes, bytes)."""
-    digest = hashlib.sha256()
-    for f in dataclasses.fields(examples):
-        arr = np.ascontiguousarray(getattr(examples, f.name))
-        digest.update(f"{f.name}:{arr.dtype.str}:{arr.shape}".encode())
-        digest.update(arr.tobytes())
-    return digest.hexdigest()
-
-
-def weights_digest(*modules: torch.nn.Module) -> str:
-    """sha256 of the modules' state dicts (bitwise: equal digests mean identical weights)."""
-    digest = hashlib.sha256()
-    for module in modules:
-        for name, tensor in sorted(module.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes (an encoder a run warm-starts from)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def artifact_version(
-    examples: ExampleSet,
-    config: PretrainConfig,
-    data: str | None = None,
-    world_size: int = 1,
-    init_encoder: Path | None = None,
-) -> str:
-    """Short sha256 of code version + data hash + params (+ the encoder sizes they imply).
-
-    Known before training, so a caller can train straight into artifacts/encoders/<version>/
-    (and a rerun of the same inputs resumes there). data: a precomputed `data_hash`.
-    world_size: DDP ranks; they change per-rank batches and sampling, so the weights, hence
-    the version (single-process versions hash as before: the key is only added above 1).
-    init_encoder: the encoder.safetensors a warm start begins from; its sha256 enters the
-    version (a cold start hashes as before).
-    """
-    fields: dict[str, Any] = {
-        "code": code_version(),
-        "data": data or data_hash(examples),
-        "params": _run_params(config),
-        "encoder": encoder_config_for(examples, config).to_dict(),
-    }
-    if world_size != 1:
-        fields["world_size"] = world_size
-    if init_encoder is not None:
-        fields["init_encoder"] = file_sha256(init_encoder)
-    source = json.dumps(fields, sort_keys=True)
-    return hashlib.sha256(source.encode()).hexdigest()[:12]
-
-
-def encoder_config_for(examples: ExampleSet, config: PretrainConfig) -> EncoderConfig:
-    """Encoder sizes: data-given (crop size, time points, EHR width) + config-given."""
-    return EncoderConfig(
-        n_ehr_features=examples.n_ehr_features,
-        crop_size_vox=examples.crop_size_vox,
-        patch_size_vox=config.patch_size_vox,
-        ehr_tokens=config.ehr_tokens,
-        max_timepoints=examples.timepoints,
-        embed_dim=config.embed_dim,
-        depth=config.depth,
-        heads=config.heads,
-        patch_stem=config.patch_stem,
-        stem_width=config.stem_width,
-    )
-
-
-def build_encoder(examples: ExampleSet, config: PretrainConfig) -> MultimodalEncoder:
-    """A freshly initialised encoder carrying the training set's EHR normalisation."""
-    encoder = MultimodalEncoder(encoder_config_for(examples, config))
-    encoder.set_ehr_normalisation(*ehr_normalisation(examples))
-    return encoder
-
-
 @torch.no_grad()
 def monitor_target(
     target: MultimodalEncoder,
@@ -320,55 +134,6 @@ def monitor_target(
         pick = torch.randperm(embeddings.shape[0], generator=torch.Generator().manual_seed(0))
         embeddings = embeddings[pick[:4096]]
     return collapse_stats(embeddings, threshold).to_dict()
-
-
-def write_curves(out_dir: Path, history: list[dict[str, Any]], plot: bool = True) -> None:
-    """pretrain.csv (one row per epoch) and, with plot, pretrain.png (loss, target std, rank)."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
-    writer.writeheader()
-    for row in history:
-        writer.writerow({k: row[k] for k in CSV_COLUMNS})
-    atomic_write_text(out_dir / "pretrain.csv", buffer.getvalue())
-    if not plot or not history:
-        return
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] for r in history]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    for ax, key, title in zip(
-        axes,
-        ("loss", "target_std_mean", "effective_rank"),
-        ("JEPA loss", "target embedding std (mean over dims)", "effective rank"),
-        strict=True,
-    ):
-        ax.plot(epochs, [r[key] for r in history], marker="o", markersize=3)
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("epoch")
-    fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(out_dir / "pretrain.png", png.getvalue())
-
-
-def _run_params(config: PretrainConfig) -> dict[str, Any]:
-    """Params that define the result; device and compile are how it runs, not what it is."""
-    return {k: v for k, v in config.to_dict().items() if k not in ("device", "compile")}
-
-
-def _fingerprint(
-    config: PretrainConfig, data: str, world_size: int, init: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """What must match for a checkpoint to be resumable into this run."""
-    fingerprint = {"params": _run_params(config), "data_hash": data, "world_size": world_size}
-    if init is not None:
-        fingerprint["init_encoder"] = init["sha256"]
-    return fingerprint
 
 
 def warm_start(encoder: MultimodalEncoder, path: Path) -> dict[str, Any]:
@@ -452,7 +217,7 @@ def _pretrain(
 
     encoder = build_encoder(examples, config)
     init = warm_start(encoder, Path(init_encoder)) if init_encoder is not None else None
-    fingerprint = _fingerprint(config, data, ctx.world_size, init)
+    fingerprint = resume_fingerprint(config, data, ctx.world_size, init)
     training = new_training(encoder, config, device)
     model, target, optimizer = training.model, training.target, training.optimizer
 

@@ -28,7 +28,7 @@ from models.schedules import ADAMW_BETAS, apply_lr, apply_weight_decay, cosine, 
 from models.schedules import warmup_cosine as lr_at
 
 if TYPE_CHECKING:
-    from models.jepa.pretrain import PretrainConfig
+    from models.jepa.config import PretrainConfig
 
 
 @dataclass

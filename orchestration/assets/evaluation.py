@@ -24,7 +24,7 @@ from models.evaluation import (
 )
 from models.figures import plot_label_efficiency, plot_reliability, plot_roc
 from models.finetune import FinetuneConfig, save_model
-from models.jepa.pretrain import data_hash
+from models.jepa.versioning import data_hash
 from models.protocol import (
     JepaRecipe,
     ProtocolConfig,

@@ -15,7 +15,9 @@ from cohorts.batches import manifest_summary, read_manifests
 from cohorts.privacy import read_key_record
 from models.data import ExampleSet, load_examples
 from models.finetune import stratified_patient_split
-from models.jepa.pretrain import PretrainConfig, PretrainResult, artifact_version, pretrain
+from models.jepa.config import PretrainConfig
+from models.jepa.pretrain import PretrainResult, pretrain
+from models.jepa.versioning import artifact_version
 from orchestration.assets.features import training_examples
 from orchestration.configs import config_class
 from orchestration.dvc_versions import dvc_metadata

@@ -10,7 +10,7 @@ from models.data import random_examples
 from models.encoders import EncoderConfig, MultimodalEncoder, load_encoder
 from models.evaluation import roc_auc
 from models.finetune import FinetuneConfig
-from models.jepa.pretrain import PretrainConfig
+from models.jepa.config import PretrainConfig
 from models.protocol import JepaRecipe, ProtocolConfig, run_protocol
 
 

@@ -32,16 +32,9 @@ from models.jepa.masks import EHR, IMAGE, MaskConfig, MultimodalMaskGenerator
 from models.jepa.model import MultimodalJEPA, gather_tokens
 from models.jepa.monitor import collapse_stats, effective_rank, embedding_std, is_collapsed
 from models.jepa.predictor import JEPAPredictor
-from models.jepa.pretrain import (
-    PretrainConfig,
-    _parser,
-    artifact_version,
-    build_encoder,
-    config_from_args,
-    file_sha256,
-    monitor_target,
-    pretrain,
-)
+from models.jepa.config import PretrainConfig, build_encoder
+from models.jepa.pretrain import _parser, config_from_args, monitor_target, pretrain
+from models.jepa.versioning import artifact_version, file_sha256
 from models.jepa.probe import (
     diameter_probe_cv_r2,
     diameter_probe_r2,

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import dagster as dg
 import pytest
 
-from models.jepa.pretrain import PretrainConfig
+from models.jepa.config import PretrainConfig
 from orchestration.assets.training import PretrainRunConfig
 from orchestration.configs import config_class, config_type
 from orchestration.params import section

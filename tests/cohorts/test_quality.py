@@ -488,8 +488,8 @@ def test_drift_report_is_written_with_histograms(tmp_path: Path) -> None:
 def test_embeddings_and_cross_modal_error_from_a_real_pretraining_run(tmp_path: Path) -> None:
     """The drift asset's JEPA signals: latest-time-point embeddings and the predictor's error."""
     from models.data import random_examples
-    from models.jepa.embeddings import cross_modal_errors, latest_embeddings
     from models.jepa.config import PretrainConfig
+    from models.jepa.embeddings import cross_modal_errors, latest_embeddings
     from models.jepa.pretrain import pretrain
 
     examples = random_examples(16, timepoints=2, crop_size_vox=16, n_ehr=4, seed=0)

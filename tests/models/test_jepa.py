@@ -19,6 +19,7 @@ from torch import nn
 
 from models.data import FIELDS, random_examples
 from models.encoders import EncoderConfig, MultimodalEncoder, load_encoder
+from models.jepa.config import PretrainConfig, build_encoder
 from models.jepa.ema import (
     ema_update,
     init_weight_left,
@@ -32,15 +33,14 @@ from models.jepa.masks import EHR, IMAGE, MaskConfig, MultimodalMaskGenerator
 from models.jepa.model import MultimodalJEPA, gather_tokens
 from models.jepa.monitor import collapse_stats, effective_rank, embedding_std, is_collapsed
 from models.jepa.predictor import JEPAPredictor
-from models.jepa.config import PretrainConfig, build_encoder
 from models.jepa.pretrain import _parser, config_from_args, monitor_target, pretrain
-from models.jepa.versioning import artifact_version, file_sha256
 from models.jepa.probe import (
     diameter_probe_cv_r2,
     diameter_probe_r2,
     encoder_features,
     linear_probe_auc,
 )
+from models.jepa.versioning import artifact_version, file_sha256
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = {

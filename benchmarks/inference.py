@@ -16,7 +16,7 @@ import torch
 
 from benchmarks.common import BenchResult, BenchSize, interleaved, percentiles_ms
 from benchmarks.jepa import pretrain_sizes
-from models.data import FIELDS, random_examples
+from cohorts.example_set import FIELDS, random_examples
 from models.diagnostic import DiagnosticModel
 from models.export import export_onnx
 from models.jepa.config import PretrainConfig, build_encoder

@@ -19,7 +19,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import BenchResult, BenchSize, in_child
 from cohorts.ehr.features import ehr_feature_names
-from models.data import FIELDS, random_examples
+from cohorts.example_set import FIELDS, random_examples
+from models.data import example_tensors
 from models.jepa.config import PretrainConfig, build_encoder
 from models.jepa.step import Schedule, new_training, train_step
 
@@ -56,7 +57,7 @@ def make_step(
     torch.manual_seed(config.seed)
     training = new_training(build_encoder(examples, config), config, device)
     schedule = Schedule.for_run(config, n_batches)
-    tensors = examples.tensors()
+    tensors = example_tensors(examples)
     batches = [
         [tensors[k][i * batch_size : (i + 1) * batch_size].to(device) for k in FIELDS]
         for i in range(n_batches)

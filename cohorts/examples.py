@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cohorts.files import atomic_output
+from cohorts.example_set import UNLABELED, ExampleSet, padded_inputs
 
 DAYS_PER_MONTH = 30.4375
-UNLABELED = -1
 
 
 def scan_entities(nodules: pd.DataFrame) -> pd.DataFrame:
@@ -48,11 +47,13 @@ def assemble_examples(
     crop_root: Path,
     max_timepoints: int,
     labels: pd.DataFrame | None = None,
-) -> dict[str, np.ndarray]:
-    """Stack crops, times, EHR vectors and labels into the training-examples arrays.
+) -> ExampleSet:
+    """Stack crops, times, EHR vectors and labels into the training-examples contract.
 
     ``features`` has one row per scan (``series_id``) with the columns in ``feature_names``;
-    a scan whose features are all missing gets ``ehr_mask`` False and zeros.
+    a scan whose features are all missing gets ``ehr_mask`` False and zeros. The crop spacing
+    is the one curation recorded with the crops (``nodules.crop_spacing_mm``), which must be
+    one value for the cohort.
     """
     track = index_nodule_track(nodules)
     if track.empty:
@@ -60,6 +61,13 @@ def assemble_examples(
     missing = [name for name in feature_names if name not in features.columns]
     if missing:
         raise ValueError(f"feature table lacks columns {missing}")
+    if "crop_spacing_mm" not in track.columns:
+        raise ValueError(
+            "curated nodules lack crop_spacing_mm (curated by an older version: curate again)"
+        )
+    spacings = sorted(set(track["crop_spacing_mm"].astype(float)))
+    if len(spacings) != 1:
+        raise ValueError(f"curated crops were cut at several spacings {spacings} mm; curate again")
     by_series = features.drop_duplicates("series_id").set_index("series_id")[feature_names]
     label_of = (
         labels.drop_duplicates("patient_id").set_index("patient_id")["malignant"]
@@ -70,11 +78,7 @@ def assemble_examples(
     patients = sorted(track["patient_id"].unique())
     n, t = len(patients), max_timepoints
     first_crop = np.load(crop_root / track["crop_path"].iloc[0], allow_pickle=False)
-    crops = np.full((n, t, *first_crop.shape), -1024, dtype=np.int16)
-    scan_mask = np.zeros((n, t), dtype=bool)
-    months = np.zeros((n, t), dtype=np.float32)
-    ehr = np.zeros((n, t, len(feature_names)), dtype=np.float32)
-    ehr_mask = np.zeros((n, t), dtype=bool)
+    arrays = padded_inputs(n, t, first_crop.shape, len(feature_names))
     diameter = np.zeros((n, t), dtype=np.float32)
     label = np.full(n, UNLABELED, dtype=np.int8)
 
@@ -83,33 +87,25 @@ def assemble_examples(
         latest = scans["study_date"].iloc[-1]
         offset = t - len(scans)
         for slot, scan in enumerate(scans.itertuples(index=False), start=offset):
-            crops[row, slot] = np.load(crop_root / scan.crop_path, allow_pickle=False)
-            scan_mask[row, slot] = True
-            months[row, slot] = (latest - scan.study_date).days / DAYS_PER_MONTH
+            arrays["crops_hu"][row, slot] = np.load(crop_root / scan.crop_path, allow_pickle=False)
+            arrays["scan_mask"][row, slot] = True
+            arrays["months_before_latest"][row, slot] = (
+                latest - scan.study_date
+            ).days / DAYS_PER_MONTH
             diameter[row, slot] = scan.diameter_mm
             if scan.series_id in by_series.index:
                 values = by_series.loc[scan.series_id].to_numpy(dtype=np.float64)
                 if not np.all(np.isnan(values)):
-                    ehr[row, slot] = np.nan_to_num(values, nan=0.0)
-                    ehr_mask[row, slot] = True
+                    arrays["ehr"][row, slot] = np.nan_to_num(values, nan=0.0)
+                    arrays["ehr_mask"][row, slot] = True
         if patient in label_of.index:
             label[row] = int(label_of.loc[patient])
 
-    return {
-        "patient_id": np.asarray(patients, dtype=str),
-        "crops_hu": crops,
-        "scan_mask": scan_mask,
-        "months_before_latest": months,
-        "ehr": ehr,
-        "ehr_mask": ehr_mask,
-        "ehr_feature_names": np.asarray(feature_names, dtype=str),
-        "diameter_mm": diameter,
-        "label": label,
-    }
-
-
-def save_examples(arrays: dict[str, np.ndarray], path: Path) -> Path:
-    """Atomic npz write."""
-    with atomic_output(path) as tmp, tmp.open("wb") as handle:
-        np.savez(handle, **arrays)
-    return path
+    return ExampleSet(
+        patient_id=np.asarray(patients, dtype=str),
+        ehr_feature_names=np.asarray(feature_names, dtype=str),
+        diameter_mm=diameter,
+        label=label,
+        crop_spacing_mm=spacings[0],
+        **arrays,
+    )

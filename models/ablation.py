@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.data import ExampleSet
+from cohorts.example_set import ExampleSet
 from models.encoders import EncoderConfig, MultimodalEncoder, load_encoder
 from models.evaluation import bootstrap_auc_ci, roc_auc
 from models.jepa.config import PretrainConfig, build_encoder

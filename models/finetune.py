@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
+from cohorts.example_set import FIELDS, ExampleSet
 from cohorts.files import atomic_write_json
-from models.data import FIELDS, ExampleSet, ehr_normalisation
+from models.data import ehr_normalisation, example_tensors
 from models.diagnostic import DiagnosticModel
 from models.encoders import EncoderConfig, MultimodalEncoder
 from models.schedules import ADAMW_BETAS, apply_lr, param_groups, warmup_cosine
@@ -123,7 +124,7 @@ def _predict_logits(model: DiagnosticModel, examples: ExampleSet, batch_size: in
     """Logits [N] float32, in batches, in eval mode."""
     model.eval()
     device = next(model.parameters()).device
-    tensors = examples.tensors()
+    tensors = example_tensors(examples)
     out = []
     for start in range(0, len(examples), batch_size):
         batch = [tensors[k][start : start + batch_size].to(device) for k in FIELDS]
@@ -249,7 +250,7 @@ def _train(
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=ADAMW_BETAS)
 
     device = next(model.parameters()).device
-    tensors = train.tensors()
+    tensors = example_tensors(train)
     target = torch.from_numpy(train.label.astype(np.float32)).to(device)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total_steps = config.epochs * steps_per_epoch

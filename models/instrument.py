@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:  # torch stays out of the report renderer's imports (models/reporting.py)
-    from models.data import ExampleSet
+    from cohorts.example_set import ExampleSet
     from models.encoders import MultimodalEncoder
 
 CAUSES: dict[str, str] = {

@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from cohorts.example_set import ExampleSet
 from models.baselines import (
     ReaderError,
     brock_from_examples,
@@ -42,7 +43,6 @@ from models.baselines import (
     mayo_from_examples,
     predict_clinical_refit,
 )
-from models.data import ExampleSet
 from models.diagnostic import DEFAULT_READOUT, DiagnosticModel
 from models.encoders import MultimodalEncoder
 from models.evaluation import combine_cohort_results, evaluate_models, roc_auc
@@ -93,7 +93,6 @@ class ProtocolConfig:
     val_fraction: float = 0.2
     split_seed: int = 0
     jepa: JepaRecipe = field(default_factory=JepaRecipe)
-    crop_spacing_mm: float = 1.0
     readout: str = DEFAULT_READOUT
     reader: ReaderError = field(default_factory=ReaderError)
     label_fractions: tuple[float, ...] = (0.25, 0.5)
@@ -255,6 +254,11 @@ def run_protocol(
     template = template or pretrained
     if template is None:
         raise ValueError("run_protocol needs a pretrained encoder or a template encoder")
+    if internal.crop_spacing_mm != external.crop_spacing_mm:
+        raise ValueError(
+            f"internal crops are cut at {internal.crop_spacing_mm} mm, external at "
+            f"{external.crop_spacing_mm} mm: a model must be tested on crops like its training's"
+        )
     internal = internal.subset(internal.label >= 0)
     external = external.subset(external.label >= 0)
     folds = repeated_stratified_folds(
@@ -326,7 +330,7 @@ def run_protocol(
     # Baselines: published formulas need no training; the refit is cross-fitted like the rest.
     for cohort, examples in (("internal", internal), ("external", external)):
         measured = config.reader.measure(latest_diameter(examples), examples.patient_id)
-        spacing = config.crop_spacing_mm
+        spacing = examples.crop_spacing_mm  # the spacing the crops were cut at
         predictions[cohort]["clinical_brock"] = brock_from_examples(
             examples, spacing_mm=spacing, size_mm=measured
         )

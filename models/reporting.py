@@ -4,20 +4,25 @@ Why: results must be regenerated from metrics/evaluation.json, never typed in. T
 literal numbers here are the paper's published AUCs (PAPER_AUC), shown in a column labelled
 as the paper's so a reader can compare, never mixed with ours.
 
-Size: over 450 lines because every RESULTS.md section renderer lives here beside the shared
-formatters; the side-study tables (ablations, replicates) are the next to move out, into a
-module of their own, with issue 18's restructuring.
+The side-study tables (replicates, ablations) are rendered in models/side_study_report.py;
+the number formatters both share are in models/report_format.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 
 from models.evaluation import MODELS
 from models.instrument import instrument_markdown
+from models.report_format import fmt, fmt_p
+from models.side_study_report import (
+    ablation_section,
+    pretrain_ablation_section,
+    replicates_section,
+)
 
 PAPER_SOURCE = "Li et al., arXiv 2509.15470 (2025), abstract"
 # Published AUCs (malignant vs benign) from the paper's abstract; None where not reported.
@@ -46,17 +51,6 @@ REQUIRED_PROVENANCE: tuple[str, ...] = (
 )  # fmt: skip
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "n/a"
-    return f"{float(value):.{digits}f}"
-
-
-def _fmt_p(p: float) -> str:
-    """p-values: three decimals, scientific below 0.001 so tiny values stay readable."""
-    return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
-
-
 def _ordered_models(results: Mapping[str, Any]) -> list[str]:
     known = [m for m in MODELS if m in results]
     return known + sorted(m for m in results if m not in MODELS)
@@ -72,16 +66,16 @@ def _cohort_table(cohort: str, results: Mapping[str, Any], paper: Mapping[str, f
         lo, hi = m["ci"]
         label = MODEL_LABELS.get(name, name)
         lines.append(
-            f"| {label} (`{name}`) | {_fmt(m['auc'])} | [{_fmt(lo)}, {_fmt(hi)}] | {m['n']} "
-            f"| {m.get('n_pos', 'n/a')} | {_fmt(m.get('brier'))} "
-            f"| {_fmt(paper[name], 2) if name in paper else 'not reported'} |"
+            f"| {label} (`{name}`) | {fmt(m['auc'])} | [{fmt(lo)}, {fmt(hi)}] | {m['n']} "
+            f"| {m.get('n_pos', 'n/a')} | {fmt(m.get('brier'))} "
+            f"| {fmt(paper[name], 2) if name in paper else 'not reported'} |"
         )
     return "\n".join(lines)
 
 
 def _delong_table(comparisons: Mapping[str, float]) -> str:
     lines = ["| comparison | p (two-sided, paired DeLong) |", "|---|---|"]
-    lines += [f"| `{k}` | {_fmt_p(float(p))} |" for k, p in comparisons.items()]
+    lines += [f"| `{k}` | {fmt_p(float(p))} |" for k, p in comparisons.items()]
     return "\n".join(lines)
 
 
@@ -102,7 +96,7 @@ def markdown_table(rows: list[Mapping[str, Any]], leading: Sequence[str]) -> lis
     header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
     rule = "|" + "---|" * len(frame.columns)
     body = [
-        "| " + " | ".join(_fmt(v) if isinstance(v, float) else str(v) for v in row) + " |"
+        "| " + " | ".join(fmt(v) if isinstance(v, float) else str(v) for v in row) + " |"
         for row in frame.itertuples(index=False)
     ]
     return [header, rule, *body]
@@ -199,11 +193,11 @@ def results_markdown(
     if evaluation.get("label_efficiency", {}).get("models"):
         out += ["", _label_efficiency_section(evaluation["label_efficiency"])]
     if replicates:
-        out += ["", _replicates_section(replicates, settings_fingerprint)]
+        out += ["", replicates_section(replicates, settings_fingerprint)]
     if ablation:
-        out += ["", _ablation_section(ablation, settings_fingerprint)]
+        out += ["", ablation_section(ablation, settings_fingerprint)]
     if pretrain_ablation:
-        out += ["", _pretrain_ablation_section(pretrain_ablation, settings_fingerprint)]
+        out += ["", pretrain_ablation_section(pretrain_ablation, settings_fingerprint)]
     if probe:
         out += ["", _probe_section(probe)]
     if instrument:
@@ -221,10 +215,10 @@ def _comparison_row(role: str, c: Mapping[str, Any]) -> str:
     if c.get("missing"):
         return f"| {role} | {name} | not produced by this run | | | |"
     lo, hi = c["ci"]
-    p_holm = _fmt_p(c["p_holm"]) if "p_holm" in c else "(tested alone)"
+    p_holm = fmt_p(c["p_holm"]) if "p_holm" in c else "(tested alone)"
     return (
-        f"| {role} | {name} | {_fmt(c['auc_a'])} vs {_fmt(c['auc_b'])} "
-        f"| {c['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {_fmt_p(c['p'])} | {p_holm} |"
+        f"| {role} | {name} | {fmt(c['auc_a'])} vs {fmt(c['auc_b'])} "
+        f"| {c['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {fmt_p(c['p'])} | {p_holm} |"
     )
 
 
@@ -262,8 +256,8 @@ def _label_efficiency_section(curve: Mapping[str, Any]) -> str:
     for model, points in curve["models"].items():
         by_fraction = {p["fraction"]: p for p in points}
         cells = [
-            f"{_fmt(by_fraction[f]['auc'])} [{_fmt(by_fraction[f]['ci'][0])}, "
-            f"{_fmt(by_fraction[f]['ci'][1])}]"
+            f"{fmt(by_fraction[f]['auc'])} [{fmt(by_fraction[f]['ci'][0])}, "
+            f"{fmt(by_fraction[f]['ci'][1])}]"
             if f in by_fraction
             else "n/a"
             for f in fractions
@@ -272,127 +266,9 @@ def _label_efficiency_section(curve: Mapping[str, Any]) -> str:
     if curve.get("delong"):
         lines += ["", "Paired DeLong p at each fraction:", ""]
         for fraction, tests in curve["delong"].items():
-            text = ", ".join(f"`{k}` {_fmt_p(float(p))}" for k, p in tests.items())
+            text = ", ".join(f"`{k}` {fmt_p(float(p))}" for k, p in tests.items())
             lines.append(f"- {float(fraction):.0%}: {text}")
     return "\n".join(lines)
-
-
-REPLICATE_MODELS: tuple[str, ...] = ("jepa", "multimodal", "imaging_only", "jepa_probe")
-
-
-def _replicates_section(replicates: Sequence[Mapping[str, Any]], current: str | None = None) -> str:
-    """The demo on other generator seeds: does the ordering hold on patients never looked at?"""
-    header = ["generator seed", *(f"`{m}` internal / external" for m in REPLICATE_MODELS),
-              "primary: difference, p"]  # fmt: skip
-
-    def cells(row: Mapping[str, Any]) -> list[str]:
-        evaluation = row["evaluation"]
-        aucs = [
-            f"{_fmt(evaluation['internal'][m]['auc'])} / {_fmt(evaluation['external'][m]['auc'])}"
-            if m in evaluation["internal"]
-            else "n/a"
-            for m in REPLICATE_MODELS
-        ]
-        primary = evaluation.get("comparisons", {}).get("primary")
-        tested = "n/a" if not primary else f"{primary['diff']:+.3f}, p {_fmt_p(primary['p'])}"
-        return [str(row["seed"]), *aucs, tested]
-
-    commands = "; ".join(f"{r['command']} ({r['minutes']:.1f} min)" for r in replicates)
-    note = (
-        "The same demo (recipe, folds rule, seeds, pre-registered comparisons) on data drawn "
-        "with other generator seeds, none of which was used to choose any setting. Internal: "
-        "out of fold; external: the fold ensemble."
-    )
-    recorded = {r.get("settings_fingerprint") for r in replicates}
-    table = {
-        "note": note,
-        "rows": list(replicates),
-        "provenance": commands,
-        "settings_fingerprint": recorded.pop() if len(recorded) == 1 else None,
-    }
-    return _measured_table("Replicates on other generator seeds", table, header, cells, current)
-
-
-def _measured_table(
-    title: str,
-    ablation: Mapping[str, Any],
-    header: list[str],
-    cells: Callable[[dict], list[str]],
-    current: str | None = None,
-) -> str:
-    """An ablation file as a section: its note, one table row per record, its provenance.
-
-    current: this run's settings fingerprint; when the file's differs (or it has none), a
-    banner says the rows measured other settings (an earlier generator or method).
-    """
-    lines = [f"## {title}", ""]
-    recorded = ablation.get("settings_fingerprint")
-    if current is not None and recorded != current:
-        lines += [
-            f"**Measured under other settings** (fingerprint `{recorded or 'not recorded'}`; "
-            f"this run: `{current}`): these rows describe an earlier generator or method, not "
-            "this run's data. Rerun the command below to refresh them.",
-            "",
-        ]
-    lines += [
-        str(ablation.get("note", "")),
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
-    lines += ["| " + " | ".join(cells(row)) + " |" for row in ablation.get("rows", [])]
-    if ablation.get("provenance"):
-        lines += ["", f"Measured by `{ablation['provenance']}`."]
-    return "\n".join(lines)
-
-
-def _auc_ci(row: Mapping[str, Any]) -> str:
-    return f"{_fmt(row['auc'])} [{_fmt(row['ci'][0])}, {_fmt(row['ci'][1])}]"
-
-
-def _ablation_section(ablation: Mapping[str, Any], current: str | None = None) -> str:
-    """Readout / tokenizer ablation (metrics/ablation.json from `lungjepa ablation`)."""
-    header = ["readout", "patch stem", "model", "internal AUC (OOF) [95% CI]", "n",
-              "finetuning s / fold"]  # fmt: skip
-    return _measured_table(
-        "Readout and tokenizer ablation",
-        ablation,
-        header,
-        lambda row: [
-            f"`{row['readout']}`",
-            f"`{row['patch_stem']}`",
-            f"`{row['model']}`",
-            _auc_ci(row),
-            str(row["n"]),
-            _fmt(row["seconds_per_fold"], 1),
-        ],  # fmt: skip
-        current,
-    )
-
-
-def _pretrain_ablation_section(ablation: Mapping[str, Any], current: str | None = None) -> str:
-    """JEPA ingredients (metrics/pretrain_ablation.json from `lungjepa ablation --pretrain`)."""
-    header = ["variant", "changes", "model", "internal AUC (OOF) [95% CI]", "external AUC",
-              "diameter R^2, centre token", "diameter R^2, mean pool", "archive",
-              "EMA target-to-init", "pretraining s"]  # fmt: skip
-    return _measured_table(
-        "What each JEPA ingredient is worth",
-        ablation,
-        header,
-        lambda row: [
-            f"`{row['variant']}`",
-            ", ".join(f"{k}={v}" for k, v in row["overrides"].items()) or "none",
-            f"`{row['model']}`",
-            _auc_ci(row),
-            _fmt(row["external_auc"]),
-            _fmt(row["diameter_r2_centre"]),
-            _fmt(row["diameter_r2_mean"]),
-            str(row["n_archive"]),
-            _fmt(row.get("ema_target_to_init")),
-            _fmt(row["pretrain_seconds"], 0),
-        ],  # fmt: skip
-        current,
-    )
 
 
 def _probe_section(probe: Mapping[str, float]) -> str:
@@ -414,7 +290,7 @@ def _probe_section(probe: Mapping[str, float]) -> str:
         "|---|---|---|",
     ]
     lines += [
-        f"| {label} | {_fmt(probe.get(ours))} | {_fmt(probe.get(random))} |"
+        f"| {label} | {fmt(probe.get(ours))} | {fmt(probe.get(random))} |"
         for label, ours, random in rows
         if ours in probe
     ]
@@ -437,7 +313,7 @@ def _agreement_section(agreement: Mapping[str, Mapping[str, Mapping[str, float]]
         lines += ["| | " + " | ".join(f"`{n}`" for n in names) + " |"]
         lines += ["|---|" + "---|" * len(names)]
         lines += [
-            f"| `{a}` | " + " | ".join(_fmt(matrix[a][b]) for b in names) + " |" for a in names
+            f"| `{a}` | " + " | ".join(fmt(matrix[a][b]) for b in names) + " |" for a in names
         ]
     return "\n".join(lines)
 
@@ -465,9 +341,9 @@ def _drift_section(drift: Mapping[str, Any], evaluation: Mapping[str, Any]) -> s
         "",
         f"- ERROR features: {', '.join(f'`{e}`' for e in drift.get('errors', [])) or 'none'}",
         f"- cross-modal error ratio, EHR predicted from imaging: "
-        f"{_fmt(drift.get('ehr_from_image_error_ratio'))}",
+        f"{fmt(drift.get('ehr_from_image_error_ratio'))}",
         f"- cross-modal error ratio, imaging predicted from EHR: "
-        f"{_fmt(drift.get('image_from_ehr_error_ratio'))}",
+        f"{fmt(drift.get('image_from_ehr_error_ratio'))}",
         "",
         "| model | internal AUC | external AUC | change |",
         "|---|---|---|---|",
@@ -478,7 +354,7 @@ def _drift_section(drift: Mapping[str, Any], evaluation: Mapping[str, Any]) -> s
         inside = evaluation["internal"][model]["auc"]
         outside = evaluation["external"][model]["auc"]
         lines.append(
-            f"| {MODEL_LABELS.get(model, model)} | {_fmt(inside)} | {_fmt(outside)} "
+            f"| {MODEL_LABELS.get(model, model)} | {fmt(inside)} | {fmt(outside)} "
             f"| {outside - inside:+.3f} |"
         )
     return "\n".join(lines)

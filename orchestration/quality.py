@@ -16,6 +16,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from cohorts.example_set import load_examples
 from cohorts.examples import scan_entities
 from cohorts.files import atomic_write_json
 from cohorts.quality.drift import (
@@ -141,20 +142,19 @@ def examples_results(paths: PipelinePaths, cohort: str, t: QualityThresholds) ->
     path = paths.examples(cohort)
     if not path.exists():
         return [missing_table(f"{cohort}/examples", path)]
-    with np.load(path, allow_pickle=False) as npz:
-        arrays = {key: npz[key] for key in npz.files}
-    stats = crop_statistics(arrays["crops_hu"], arrays["scan_mask"], arrays["patient_id"])
+    examples = load_examples(path)
+    stats = crop_statistics(examples.crops_hu, examples.scan_mask, examples.patient_id)
     results = [validate_crops(stats, t, f"{cohort}/crops")]
     nodules = pd.read_parquet(paths.curated(cohort) / "nodules.parquet")
     scans = scan_entities(nodules).rename(columns={"event_timestamp": "scan_timestamp"})
     snapshots, demographics = _feature_snapshots(paths, cohort)
     frame = ehr_scan_frame(scans, snapshots, demographics)
-    names = [str(n) for n in arrays["ehr_feature_names"]]
+    names = [str(n) for n in examples.ehr_feature_names]
     results.append(validate_ehr_features(frame, names, t, f"{cohort}/ehr_features"))
-    slots = ehr_array_frame(arrays, nodules, frame, int(params()["features"]["ttl_days"]))
+    slots = ehr_array_frame(examples, nodules, frame, int(params()["features"]["ttl_days"]))
     results.append(validate_ehr_array(slots, t, f"{cohort}/ehr_array"))
     if cohort in LABELED_COHORTS:
-        labels = label_frame(arrays["patient_id"], arrays["label"])
+        labels = label_frame(examples.patient_id, examples.label)
         results.append(validate_labels(labels, t, f"{cohort}/labels"))
     return results
 
@@ -175,8 +175,6 @@ def drift_groups(
     paths: PipelinePaths, encoder_path: Path
 ) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
     """Reference/candidate frames per feature group (embeddings from ``encoder_path``)."""
-    from models.data import load_examples
-
     reference = load_examples(paths.examples(REFERENCE))
     candidate = load_examples(paths.examples(CANDIDATE))
     names = [str(n) for n in reference.ehr_feature_names]

@@ -36,7 +36,8 @@ import pandas as pd
 
 from cohorts.dicom import CTVolume, SeriesError, nodule_crop
 from cohorts.dicom.scan import ScanResult, scan_dicom_tree
-from cohorts.dicom.series import select_series, validate_headers, volume_from_geometry
+from cohorts.dicom.select import first_decodable
+from cohorts.dicom.series import validate_headers, volume_from_geometry
 from cohorts.ehr.features import (
     AGE_AT_SCAN,
     BIRTH_REFERENCE_DAY,
@@ -44,12 +45,12 @@ from cohorts.ehr.features import (
     birth_reference_days,
     scan_timestamp,
 )
+from cohorts.example_set import padded_inputs
 from cohorts.privacy import date_shift_days, pseudonymise, resolve_key, shift_date
 from models.onnx_runtime import load_verified_session, predict_onnx
 
 DEFAULT_MODEL = "jepa"
 YEAR_OF_BIRTH = "year_of_birth"
-PADDING_HU = -1024
 
 
 class PredictionError(ValueError):
@@ -240,7 +241,7 @@ def read_scan(
             rejected.append(f"{series_id}: {err.index_reason}")
             continue
         study = headers[0].study_uid or series_uid
-        studies.setdefault(study, {})[series_uid] = geometry
+        studies.setdefault(study, {})[series_id] = geometry  # pseudonyms: curation's tie-break
         raw_date = headers[0].study_date
         dates[study] = shift_date(parse_date(raw_date), shift) if raw_date.strip() else None
     if not studies:
@@ -271,13 +272,9 @@ def read_scan(
             f"{len(studies) - 1} other CT stud{'y' if len(studies) == 2 else 'ies'} in the "
             "folder not used: the model is given the chosen study as its only time point"
         )
-    errors: list[str] = []
-    for series_uid in select_series(studies[study]):
-        try:
-            volume = volume_from_geometry(studies[study][series_uid])
-        except SeriesError as err:
-            errors.append(f"{pseudonymise(series_uid, key, 'series')}: {err.index_reason}")
-            continue
+    _, volume, failed = first_decodable(studies[study], volume_from_geometry)
+    errors = [f"{series_id}: {err.index_reason}" for series_id, err in failed]
+    if volume is not None:
         scan_date = dates[study] or (shift_date(at, shift) if at is not None else None)
         assert scan_date is not None  # a single undated study needs --at (checked above)
         return Scan(
@@ -448,14 +445,7 @@ def mapping_ehr(
 
 def model_inputs(crop_hu: np.ndarray, ehr: EhrInput, spec: ModelSpec) -> tuple[np.ndarray, ...]:
     """One patient, one time point (the latest slot; earlier slots padded and masked off)."""
-    t = spec.max_timepoints
-    arrays = {
-        "crops_hu": np.full((1, t, *spec.crop_shape_zyx), PADDING_HU, dtype=np.int16),
-        "months_before_latest": np.zeros((1, t), dtype=np.float32),
-        "scan_mask": np.zeros((1, t), dtype=bool),
-        "ehr": np.zeros((1, t, len(spec.ehr_feature_names)), dtype=np.float32),
-        "ehr_mask": np.zeros((1, t), dtype=bool),
-    }
+    arrays = padded_inputs(1, spec.max_timepoints, spec.crop_shape_zyx, len(spec.ehr_feature_names))
     arrays["crops_hu"][0, -1] = crop_hu
     arrays["scan_mask"][0, -1] = True
     if ehr.available:

@@ -22,8 +22,10 @@ def run_pipeline(
     instance: dg.DagsterInstance,
     selection: list[str] | None = None,
     resources: dict[str, dict[str, Any]] | None = None,
+    ops: dict[str, dict[str, Any]] | None = None,
 ) -> dg.ExecuteInProcessResult:
-    """``resources``: extra resource config by name, e.g. {"privacy": {"date_shift_max_days": 0}}."""
+    """``resources``: extra resource config by name, e.g. {"privacy": {"date_shift_max_days": 0}};
+    ``ops``: run config by asset, e.g. {"curated_scans": {"crop_spacing_mm": 1.5}}."""
     from orchestration.definitions import defs
 
     job = defs.resolve_job_def("full_pipeline")
@@ -33,6 +35,8 @@ def run_pipeline(
         config["resources"][name] = {"config": values}
     if selection is not None and "evaluation" not in selection:
         config.pop("ops")
+    for name, values in (ops or {}).items():
+        config.setdefault("ops", {}).setdefault(name, {}).setdefault("config", {}).update(values)
     return job.execute_in_process(
         instance=instance, asset_selection=keys, run_config=config, raise_on_error=False
     )

@@ -10,8 +10,9 @@ Steps, each visible in ``curate_cohort``:
 1. walk the DICOM folder and read every file's header in a pool (pixels deferred);
 2. group by SeriesInstanceUID; check type and geometry from headers (reasons in
    ``cohorts.dicom.series``; file reasons in ``cohorts.dicom.scan``);
-3. per study, order the valid candidates (thinnest first) and decode them in a pool, one
-   series in memory per worker, until one is accepted; the others are ``not_selected``;
+3. per study, decode the valid candidates in a pool, one series in memory per worker, in the
+   order of ``cohorts.dicom.select`` (the rule serving uses too) until one is accepted; the
+   others are ``not_selected``;
 4. save HU volumes at native spacing and nodule crops from the annotations (if any);
 5. link each patient's scans in time and match nodules across them (nearest centre within
    ``nodule_match_tolerance_mm`` -> same ``nodule_id``);
@@ -62,10 +63,10 @@ from cohorts.dicom.scan import (
     read_header_or_skip,
     redact_path,
 )
+from cohorts.dicom.select import StudySelection
 from cohorts.dicom.series import (
     SeriesError,
     SeriesGeometry,
-    select_series,
     validate_headers,
     volume_from_geometry,
 )
@@ -86,7 +87,9 @@ from cohorts.privacy import (
 
 # the worker pools' forkserver imports this module (and so scan, series, crops) once, up front
 _PRELOAD = (__name__,)
-CURATION_VERSION = "2"  # 2: lung_hu_median, lung_fraction, orientation_max_offdiag
+CURATION_VERSION = (
+    "3"  # 2: lung_hu_median, lung_fraction, orientation_max_offdiag; 3: crop_spacing_mm
+)
 _STR, _F64, _I64 = pa.string(), pa.float64(), pa.int64()
 INDEX_SCHEMA = pa.schema(
     [
@@ -111,6 +114,7 @@ NODULE_SCHEMA = pa.schema(
         ("patient_id", _STR), ("series_id", _STR), ("study_date", _STR), ("nodule_id", _STR),
         ("coord_x_mm", _F64), ("coord_y_mm", _F64), ("coord_z_mm", _F64), ("diameter_mm", _F64),
         ("crop_path", _STR), ("annotation_index", _I64),
+        ("crop_spacing_mm", _F64),  # the crop's isotropic voxel size: travels with the crop
     ]
 )  # fmt: skip
 LABEL_SCHEMA = pa.schema(
@@ -269,7 +273,8 @@ def _process(job: _Job) -> _Outcome:
         save_npy_atomic(job.out_dir / rel, crop)
         nodules.append(
             {"series_id": job.series_id, "coord_x_mm": x, "coord_y_mm": y, "coord_z_mm": z,
-             "diameter_mm": diameter, "crop_path": rel, "annotation_index": row}
+             "diameter_mm": diameter, "crop_path": rel, "annotation_index": row,
+             "crop_spacing_mm": job.crop_spacing_mm}
         )  # fmt: skip
     return _Outcome(job.series_id, None, nodules, outside, volume.hu.shape[0], lung)
 
@@ -545,24 +550,21 @@ def _curate(
         rows[series_id].update(_geometry_columns(geometry))
         candidates.setdefault(rows[series_id]["study_id"], {})[series_id] = geometry
 
-    # 3-4. per study, decode candidates in order until one is accepted
-    queues = {study: select_series(c) for study, c in candidates.items()}
+    # 3-4. per study, decode candidates in the selection rule's order until one is accepted
+    selections = {study: StudySelection(c) for study, c in candidates.items()}
     nodule_rows: list[dict[str, Any]] = []
-    while queues:
+    while selections:
         jobs: list[_Job] = []
-        for study in list(queues):
-            queue = queues[study]
-            while queue:
-                series_id = queue[0]
+        for study in list(selections):
+            selection = selections[study]
+            while (series_id := selection.next) is not None:
                 prev = previous.get(series_id)
-                if prev is None or prev["fingerprint"] != fingerprints[series_id]:
-                    jobs.append(
-                        _Job(candidates[study][series_id], series_id, series_annotations[series_id],
-                             out_dir, config.crop_size_vox, config.crop_spacing_mm)
-                    )  # fmt: skip
-                    break
-                reused = _reuse(prev, series_id, out_dir, prev_nodules, prev_quarantine)
-                if reused is None:  # files vanished from out_dir: decode again
+                reused = (
+                    _reuse(prev, series_id, out_dir, prev_nodules, prev_quarantine)
+                    if prev is not None and prev["fingerprint"] == fingerprints[series_id]
+                    else None
+                )
+                if reused is None:  # new, changed, or its files vanished from out_dir: decode
                     jobs.append(
                         _Job(candidates[study][series_id], series_id, series_annotations[series_id],
                              out_dir, config.crop_size_vox, config.crop_spacing_mm)
@@ -571,7 +573,6 @@ def _curate(
                 summary.series_reused += 1
                 ok, old_nodules, old_quarantine = reused
                 quarantine.extend(old_quarantine)
-                queue.pop(0)
                 if ok:
                     rows[series_id].update(
                         status="ok",
@@ -581,12 +582,12 @@ def _curate(
                         lung_fraction=prev.get("lung_fraction"),
                     )
                     nodule_rows.extend(old_nodules)
-                    _mark_not_selected(rows, queue, series_id)
-                    queue.clear()
+                    _mark_not_selected(rows, selection.accept(series_id), series_id)
                     break
                 rows[series_id]["reason"] = prev["reason"]
-            if not queue:
-                del queues[study]
+                selection.reject(series_id)
+            if selection.done:
+                del selections[study]
         if not jobs:
             continue
         study_of = {job.series_id: rows[job.series_id]["study_id"] for job in jobs}
@@ -595,23 +596,22 @@ def _curate(
             summary.series_processed += 1
             summary.slices_processed += outcome.n_slices
             summary.nodules_outside_volume += outcome.outside
-            queue = queues[study_of[outcome.series_id]]
-            queue.remove(outcome.series_id)
+            selection = selections[study_of[outcome.series_id]]
             row = rows[outcome.series_id]
             if outcome.error is None:
                 row.update(status="ok", reason="", volume_path=f"volumes/{outcome.series_id}.npy")
                 row.update(outcome.lung)
                 nodule_rows.extend(outcome.nodules)
-                _mark_not_selected(rows, queue, outcome.series_id)
-                queue.clear()
+                _mark_not_selected(rows, selection.accept(outcome.series_id), outcome.series_id)
             else:
+                selection.reject(outcome.series_id)
                 row["reason"] = outcome.error.index_reason
                 quarantine.extend(
                     {"file": rel(p), "reason": outcome.error.reason, "series_id": outcome.series_id}
                     for p in outcome.error.files
                 )
-            if not queue:
-                del queues[study_of[outcome.series_id]]
+            if selection.done:
+                del selections[study_of[outcome.series_id]]
 
     # 5. link scans in time, match nodules
     index = pd.DataFrame([rows[s] for s in sorted(rows)]).reindex(columns=INDEX_COLUMNS)
@@ -695,7 +695,7 @@ def _reuse(
         if not all(p.exists() for p in paths):
             return None
         keep = ["series_id", "coord_x_mm", "coord_y_mm", "coord_z_mm", "diameter_mm", "crop_path",
-                "annotation_index"]  # fmt: skip
+                "annotation_index", "crop_spacing_mm"]  # fmt: skip
         records = old[keep].to_dict("records") if len(old) else []
         for record in records:
             record["annotation_index"] = int(record["annotation_index"])

@@ -39,8 +39,9 @@ import pydicom
 from pydicom.pixels import get_decoder
 
 from cohorts.dicom.scan import SliceHeader, read_header, stored_value
+from cohorts.hu import HU_AIR
 
-HU_MIN = -1024  # air; padding and values outside the scan field of view are set to this
+HU_MIN = HU_AIR  # air; padding and values outside the scan field of view are set to this
 HU_MAX = 32767
 _ORIENTATION_TOL = 1e-3
 _SPACING_TOL_MM = 1e-3
@@ -344,16 +345,3 @@ def volume_from_geometry(geometry: SeriesGeometry) -> CTVolume:
         slice_thickness_mm=geometry.slice_thickness_mm,
         files=[h.path for h in geometry.headers],
     )
-
-
-def select_series(candidates: dict[str, SeriesGeometry]) -> list[str]:
-    """Candidate order for a study: thinnest reconstruction first, then most slices.
-
-    The driver accepts the first that decodes; the rest get ``not_selected``.
-    """
-
-    def key(uid: str) -> tuple[float, int, str]:
-        g = candidates[uid]
-        return (round(min(g.slice_thickness_mm, g.spacing_mm[0]), 3), -g.shape[0], uid)
-
-    return sorted(candidates, key=key)

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from cohorts.ehr.features import AGE_AT_SCAN, add_age_at_scan
+from cohorts.example_set import UNLABELED, ExampleSet
 
 STATUSES: tuple[str, ...] = ("ok", "quarantined")
 BINARY_EHR_FEATURES: tuple[str, ...] = (
@@ -36,7 +37,6 @@ BINARY_EHR_FEATURES: tuple[str, ...] = (
 )
 PACK_YEARS = "pack_years"
 VISITS = "n_visits_lookback"
-UNLABELED = -1
 
 
 @dataclass(frozen=True)
@@ -451,7 +451,7 @@ def validate_ehr_features(
 
 
 def ehr_array_frame(
-    arrays: dict[str, np.ndarray],
+    examples: ExampleSet,
     nodules: pd.DataFrame,
     frame: pd.DataFrame,
     ttl_days: int,
@@ -467,15 +467,15 @@ def ehr_array_frame(
     """
     from cohorts.examples import index_nodule_track
 
-    names = [str(n) for n in arrays["ehr_feature_names"]]
+    names = [str(n) for n in examples.ehr_feature_names]
     lasting = {"sex_female", AGE_AT_SCAN}  # demographics: no TTL
     expiring = [n for n in names if n not in lasting]
     by_series = frame.drop_duplicates("series_id").set_index("series_id")
     if len(by_series):
         age = by_series["scan_timestamp"] - by_series["feature_timestamp"]
         by_series.loc[age > pd.Timedelta(days=ttl_days), expiring] = np.nan
-    row_of = {str(p): i for i, p in enumerate(arrays["patient_id"])}
-    t = arrays["scan_mask"].shape[1]
+    row_of = {str(p): i for i, p in enumerate(examples.patient_id)}
+    t = examples.scan_mask.shape[1]
     rows = []
     for patient, scans in index_nodule_track(nodules).groupby("patient_id", sort=True):
         row = row_of.get(str(patient))
@@ -487,9 +487,9 @@ def ehr_array_frame(
                 else np.full(len(names), np.nan)
             )
             present = bool(np.isfinite(expected).any())
-            matches = row is not None and bool(arrays["ehr_mask"][row, slot]) == present
+            matches = row is not None and bool(examples.ehr_mask[row, slot]) == present
             if matches and present:
-                got = arrays["ehr"][row, slot].astype(np.float64)
+                got = examples.ehr[row, slot].astype(np.float64)
                 matches = bool(np.allclose(got, np.nan_to_num(expected), rtol=1e-5, atol=1e-5))
             rows.append(
                 {"patient_id": patient, "series_id": series, "slot": slot, "ehr_matches": matches}

@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from models.data import ExampleSet, ehr_normalisation
+from cohorts.example_set import ExampleSet
+from models.data import ehr_normalisation
 from models.encoders import EncoderConfig, MultimodalEncoder
 from models.jepa.loss import LOSSES
 from models.jepa.masks import MaskConfig

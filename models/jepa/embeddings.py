@@ -18,7 +18,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from models.data import FIELDS, ExampleSet
+from cohorts.example_set import FIELDS, ExampleSet
+from models.data import example_tensors
 from models.encoders import EHR, IMAGE, EncoderConfig, MultimodalEncoder, load_encoder
 from models.jepa.checkpoint import load_checkpoint
 from models.jepa.loss import normalise_targets
@@ -28,7 +29,7 @@ from models.jepa.predictor import JEPAPredictor
 
 def _batches(examples: ExampleSet, batch_size: int) -> Iterator[list[torch.Tensor]]:
     """The examples' model inputs (FIELDS order) in batches of ``batch_size`` patients."""
-    tensors = examples.tensors()
+    tensors = example_tensors(examples)
     for start in range(0, len(examples.patient_id), batch_size):
         yield [tensors[k][start : start + batch_size] for k in FIELDS]
 

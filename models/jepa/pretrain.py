@@ -39,8 +39,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
+from cohorts.example_set import FIELDS, ExampleSet, load_examples
 from cohorts.files import atomic_write_text
-from models.data import FIELDS, ExampleSet, load_examples
+from models.data import example_tensors
 from models.encoders import MultimodalEncoder, load_encoder, save_encoder
 from models.jepa.checkpoint import (
     load_checkpoint,
@@ -296,7 +297,7 @@ def _pretrain(
         )
     if config.compile:
         training.step_module = torch.compile(training.step_module)  # type: ignore[assignment]
-    tensors = examples.tensors()
+    tensors = example_tensors(examples)
     bar = tqdm(
         total=total_steps,
         initial=step,

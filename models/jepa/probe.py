@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from models.data import FIELDS, ExampleSet
+from cohorts.example_set import FIELDS, ExampleSet
+from models.data import example_tensors
 from models.encoders import IMAGE, MultimodalEncoder
 from models.readout import centre_token_mask, latest_scan_tokens, latest_timepoint, masked_mean
 
@@ -29,7 +30,7 @@ def encoder_features(
     device = next(encoder.parameters()).device
     was_training = encoder.training
     encoder.eval()
-    tensors = examples.tensors()
+    tensors = example_tensors(examples)
     out: list[np.ndarray] = []
     try:
         for start in range(0, len(examples), batch_size):

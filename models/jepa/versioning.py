@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.data import ExampleSet
+from cohorts.example_set import ExampleSet
 from models.jepa.config import PretrainConfig, encoder_config_for
 
 CODE_FILES: tuple[str, ...] = ("data.py", "encoders.py", "schedules.py")

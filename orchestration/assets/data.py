@@ -79,7 +79,7 @@ class CurationRunConfig(dg.Config):
     group_name="data",
     deps=[raw_archive],
     kinds={"python", "dicom", "parquet"},
-    code_version="1",
+    code_version="2",
     description="Per cohort: the diagnostic axial CT series in HU, quarantined series with reasons, "
     "nodule-centred crops and pseudonymised labels (no PHI).",
 )

@@ -10,10 +10,10 @@ import dagster as dg
 import pandas as pd
 
 from cohorts.batches import manifest_summary, read_manifests
+from cohorts.example_set import load_examples
 from cohorts.files import atomic_output, atomic_write_json, atomic_write_text
 from cohorts.privacy import read_key_record
 from models.baselines import ReaderError
-from models.data import load_examples
 from models.encoders import load_encoder
 from models.evaluation import (
     label_efficiency_summary,
@@ -50,7 +50,6 @@ from orchestration.study import settings_fingerprint
 
 _FINETUNE = section("finetune")
 _EVALUATE = section("evaluate")
-_CURATE = section("curate")
 
 
 class DiagnosticConfig(dg.Config):
@@ -72,7 +71,6 @@ class DiagnosticConfig(dg.Config):
     jepa: dict[str, float] = _FINETUNE["jepa"]
     split_seed: int = _EVALUATE["seed"]
     reader: dict[str, float] = _EVALUATE["reader"]
-    crop_spacing_mm: float = _CURATE["crop_spacing_mm"]
 
     def domain(self) -> ProtocolConfig:
         return ProtocolConfig(
@@ -93,7 +91,6 @@ class DiagnosticConfig(dg.Config):
             label_efficiency_models=tuple(self.label_efficiency_models),
             split_seed=self.split_seed,
             jepa=JepaRecipe(**self.jepa),
-            crop_spacing_mm=self.crop_spacing_mm,
             reader=ReaderError(**self.reader, seed=self.split_seed),
         )
 
@@ -133,6 +130,7 @@ def diagnostic_models(
         "version": version,
         "encoder_version": encoder_version,
         "config": config.model_dump(),
+        "crop_spacing_mm": internal.crop_spacing_mm,  # travels with the examples (curation's)
         # key fingerprint and date shift of each cohort's ids (cohorts/privacy.py), never a key
         "privacy": read_key_record(paths.data / "examples"),
         # the membership of each cohort the models saw (cohorts/batches.py), by version

@@ -6,8 +6,8 @@ import dagster as dg
 import numpy as np
 import torch
 
+from cohorts.example_set import FIELDS, load_examples
 from cohorts.files import atomic_write_json
-from models.data import FIELDS, load_examples
 from models.export import export_onnx, record_parity, verify_parity
 from models.figures import plot_promotions
 from models.finetune import load_model
@@ -22,7 +22,6 @@ from orchestration.params import section
 from orchestration.resources import PipelinePaths
 
 _EXPORT = section("export")
-_CURATE = section("curate")
 _PROMOTION = section("promotion")
 PROMOTION_LOG = "promotions.jsonl"
 PROMOTION_PLOT = "promotions.png"  # the production AUC over the log (models/figures.py)
@@ -32,7 +31,6 @@ EXPORTED_MODELS: tuple[str, ...] = ("jepa", "imaging_only")
 class ExportConfig(dg.Config):
     opset: int = _EXPORT["opset"]
     parity_tolerance: float = _EXPORT["parity_tolerance"]
-    crop_spacing_mm: float = _CURATE["crop_spacing_mm"]
 
 
 PARITY_CASES = 32
@@ -78,7 +76,7 @@ def onnx_model(
             "encoder_version": card["encoder_version"],
             "inputs": json.dumps(list(FIELDS)),
             "crop_shape_zyx": json.dumps(list(held_out.crops_hu.shape[2:])),
-            "crop_spacing_mm": str(config.crop_spacing_mm),
+            "crop_spacing_mm": str(held_out.crop_spacing_mm),
             "max_timepoints": str(held_out.crops_hu.shape[1]),
             "ehr_feature_names": json.dumps([str(n) for n in held_out.ehr_feature_names]),
             "hu_window": json.dumps(list(model.members[0].encoder.config.hu_window)),

@@ -22,7 +22,7 @@ from cohorts.ehr.features import (
     fit_signatures,
     scan_timestamp,
 )
-from cohorts.examples import assemble_examples, save_examples, scan_entities
+from cohorts.examples import assemble_examples, scan_entities
 from cohorts.files import atomic_write_json
 from cohorts.privacy import (
     KEY_RECORD,
@@ -133,7 +133,7 @@ class ExamplesConfig(dg.Config):
     deps=[curated_scans, ehr_features, dg.AssetKey("incoming_batch")],
     kinds={"python", "numpy"},
     retry_policy=dg.RetryPolicy(max_retries=3, delay=10.0, backoff=dg.Backoff.EXPONENTIAL),
-    code_version="2",
+    code_version="3",
     description="One row per patient: index-nodule crops over time with EHR features as of each "
     "scan (Feast point-in-time join) and labels where the cohort has them. Arrival batches "
     "whose blocking checks passed join the archive (unlabeled) or internal (labeled) cohort; "
@@ -173,7 +173,7 @@ def training_examples(
         entities["event_timestamp"] = scan_timestamp(entities["study_date"])
         features = feast_store.historical_features(store, entities)
         features = add_age_at_scan(features, "event_timestamp")
-        arrays = assemble_examples(
+        examples = assemble_examples(
             nodules,
             features,
             names,
@@ -181,17 +181,18 @@ def training_examples(
             config.max_timepoints,
             labels if len(labels) else None,
         )
-        save_examples(arrays, paths.examples(cohort))
+        examples.save(paths.examples(cohort))
         manifests[cohort] = manifest(members, nodules, curated_root)
-        labeled = arrays["label"][arrays["label"] >= 0]
+        labeled = examples.label[examples.label >= 0]
         rows.append(
             {
                 "cohort": cohort,
                 "version": manifests[cohort]["version"],
                 "members": len(members),
-                "patients": len(arrays["patient_id"]),
-                "scans": int(arrays["scan_mask"].sum()),
-                "ehr_coverage": float(arrays["ehr_mask"][arrays["scan_mask"]].mean()),
+                "patients": len(examples),
+                "scans": int(examples.scan_mask.sum()),
+                "crop_spacing_mm": examples.crop_spacing_mm,
+                "ehr_coverage": float(examples.ehr_mask[examples.scan_mask].mean()),
                 "labeled": len(labeled),
                 "prevalence": float(labeled.mean()) if len(labeled) else float("nan"),
             }

@@ -4,10 +4,10 @@ import dagster as dg
 import pandas as pd
 import torch
 
+from cohorts.example_set import ExampleSet, load_examples
 from cohorts.files import atomic_write_json
 from cohorts.privacy import is_marked_synthetic, read_key_record, resolve_key
 from cohorts.synthetic.truth import read_truth
-from models.data import ExampleSet, load_examples
 from models.encoders import MultimodalEncoder, load_encoder
 from models.figures import plot_headroom
 from models.instrument import (

@@ -12,8 +12,8 @@ import dagster as dg
 from pydantic import Field
 
 from cohorts.batches import manifest_summary, read_manifests
+from cohorts.example_set import ExampleSet, load_examples
 from cohorts.privacy import read_key_record
-from models.data import ExampleSet, load_examples
 from models.finetune import stratified_patient_split
 from models.jepa.config import PretrainConfig
 from models.jepa.pretrain import PretrainResult, pretrain

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cohorts.examples import DAYS_PER_MONTH, UNLABELED, assemble_examples, index_nodule_track
+from cohorts.example_set import UNLABELED
+from cohorts.examples import DAYS_PER_MONTH, assemble_examples, index_nodule_track
 
 NAMES = ["age", "pack_years"]
 
@@ -43,6 +44,7 @@ def _nodules(crop_root: Path) -> pd.DataFrame:
                 "nodule_id": nodule,
                 "diameter_mm": diameter,
                 "crop_path": path,
+                "crop_spacing_mm": 1.25,
             }
         )
     return pd.DataFrame(records)
@@ -72,41 +74,47 @@ def test_examples_stack_the_last_scans_oldest_first_left_padded_with_each_scans_
 ) -> None:
     labels = pd.DataFrame({"patient_id": ["P1", "P3"], "malignant": [1, 0]})
     out = assemble_examples(_nodules(tmp_path), _features(), NAMES, tmp_path, 3, labels)
-    assert out["patient_id"].tolist() == ["P1", "P2"]
-    assert out["crops_hu"].shape == (2, 3, 4, 4, 4) and out["crops_hu"].dtype == np.int16
+    assert out.patient_id.tolist() == ["P1", "P2"]
+    assert out.crops_hu.shape == (2, 3, 4, 4, 4) and out.crops_hu.dtype == np.int16
 
     # P1: N2 at S2, S3, S4 in slots 0, 1, 2
-    assert [int(out["crops_hu"][0, s, 0, 0, 0]) for s in range(3)] == [22, 32, 42]
-    assert out["scan_mask"][0].tolist() == [True, True, True]
+    assert [int(out.crops_hu[0, s, 0, 0, 0]) for s in range(3)] == [22, 32, 42]
+    assert out.scan_mask[0].tolist() == [True, True, True]
     days = [
         (pd.Timestamp("2020-07-01") - pd.Timestamp(d)).days for d in ("2019-07-01", "2020-01-01")
     ]
     np.testing.assert_allclose(
-        out["months_before_latest"][0], [days[0] / DAYS_PER_MONTH, days[1] / DAYS_PER_MONTH, 0.0]
+        out.months_before_latest[0], [days[0] / DAYS_PER_MONTH, days[1] / DAYS_PER_MONTH, 0.0]
     )
-    np.testing.assert_allclose(out["diameter_mm"][0], [9.0, 10.0, 12.0])
+    np.testing.assert_allclose(out.diameter_mm[0], [9.0, 10.0, 12.0])
     # each scan carries the vector of its own date (never a later one); S3 has none
-    np.testing.assert_allclose(out["ehr"][0], [[60.5, 30.5], [0.0, 0.0], [61.5, 0.0]])
-    assert out["ehr_mask"][0].tolist() == [True, False, True]
+    np.testing.assert_allclose(out.ehr[0], [[60.5, 30.5], [0.0, 0.0], [61.5, 0.0]])
+    assert out.ehr_mask[0].tolist() == [True, False, True]
 
     # P2: one scan, left-padded: empty slots are air, masked, zero
-    assert out["scan_mask"][1].tolist() == [False, False, True]
-    assert (out["crops_hu"][1, :2] == -1024).all() and int(out["crops_hu"][1, 2, 0, 0, 0]) == 91
-    assert out["ehr_mask"][1].tolist() == [False, False, True]
-    np.testing.assert_allclose(out["ehr"][1, 2], [70.0, 10.0])
-    assert (out["ehr"][1, :2] == 0).all() and (out["months_before_latest"][1] == 0).all()
+    assert out.scan_mask[1].tolist() == [False, False, True]
+    assert (out.crops_hu[1, :2] == -1024).all() and int(out.crops_hu[1, 2, 0, 0, 0]) == 91
+    assert out.ehr_mask[1].tolist() == [False, False, True]
+    np.testing.assert_allclose(out.ehr[1, 2], [70.0, 10.0])
+    assert (out.ehr[1, :2] == 0).all() and (out.months_before_latest[1] == 0).all()
 
     # labels join by patient; a patient without one is UNLABELED, extra label rows are ignored
-    assert out["label"].tolist() == [1, UNLABELED]
-    assert out["ehr_feature_names"].tolist() == NAMES
+    assert out.label.tolist() == [1, UNLABELED]
+    assert out.ehr_feature_names.tolist() == NAMES
+    assert out.crop_spacing_mm == 1.25  # the spacing curation cut the crops at travels along
 
 
 def test_fewer_slots_keep_the_latest_scans_and_contract_errors_are_named(tmp_path: Path) -> None:
     nodules = _nodules(tmp_path)
     out = assemble_examples(nodules, _features(), NAMES, tmp_path, 2)
-    assert [int(out["crops_hu"][0, s, 0, 0, 0]) for s in range(2)] == [32, 42]
-    assert (out["label"] == UNLABELED).all()  # no labels given
+    assert [int(out.crops_hu[0, s, 0, 0, 0]) for s in range(2)] == [32, 42]
+    assert (out.label == UNLABELED).all()  # no labels given
     with pytest.raises(ValueError, match=r"lacks columns \['bmi'\]"):
         assemble_examples(nodules, _features(), [*NAMES, "bmi"], tmp_path, 3)
     with pytest.raises(ValueError, match="no curated nodules"):
         assemble_examples(nodules.iloc[:0], _features(), NAMES, tmp_path, 3)
+    with pytest.raises(ValueError, match="lack crop_spacing_mm"):
+        assemble_examples(nodules.drop(columns="crop_spacing_mm"), _features(), NAMES, tmp_path, 3)
+    mixed = nodules.assign(crop_spacing_mm=np.where(nodules["series_id"] == "S4", 1.0, 1.25))
+    with pytest.raises(ValueError, match=r"several spacings \[1.0, 1.25\]"):
+        assemble_examples(mixed, _features(), NAMES, tmp_path, 3)

@@ -161,7 +161,7 @@ def test_shifted_and_unshifted_pipelines_give_the_same_examples_and_the_same_mod
     import torch
     from pipeline_run import run_pipeline
 
-    from models.data import load_examples
+    from cohorts.example_set import load_examples
     from models.diagnostic import DiagnosticModel
     from models.encoders import EncoderConfig, MultimodalEncoder
     from models.finetune import FinetuneConfig, finetune, predict_proba

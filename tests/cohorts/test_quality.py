@@ -487,7 +487,7 @@ def test_drift_report_is_written_with_histograms(tmp_path: Path) -> None:
 
 def test_embeddings_and_cross_modal_error_from_a_real_pretraining_run(tmp_path: Path) -> None:
     """The drift asset's JEPA signals: latest-time-point embeddings and the predictor's error."""
-    from models.data import random_examples
+    from cohorts.example_set import random_examples
     from models.jepa.config import PretrainConfig
     from models.jepa.embeddings import cross_modal_errors, latest_embeddings
     from models.jepa.pretrain import pretrain

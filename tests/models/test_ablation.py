@@ -5,8 +5,8 @@ from dataclasses import replace
 
 import numpy as np
 
+from cohorts.example_set import random_examples
 from models.ablation import run_ablation, run_pretrain_ablation
-from models.data import random_examples
 from models.encoders import EncoderConfig, MultimodalEncoder, load_encoder
 from models.evaluation import roc_auc
 from models.finetune import FinetuneConfig

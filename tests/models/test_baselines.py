@@ -129,7 +129,7 @@ def test_clinical_refit_learns_signal_and_checks_feature_order() -> None:
 
 
 def test_baselines_accept_an_example_set() -> None:
-    from models.data import random_examples
+    from cohorts.example_set import random_examples
 
     train, test = random_examples(80, seed=0, n_ehr=4), random_examples(40, seed=1, n_ehr=4)
     brock = brock_from_examples(test)

@@ -7,7 +7,8 @@ import pytest
 import torch
 import yaml
 
-from models.data import FIELDS, ExampleSet, load_examples, random_examples
+from cohorts.example_set import FIELDS, ExampleSet, random_examples
+from models.data import example_tensors
 from models.diagnostic import DiagnosticModel
 from models.encoders import (
     EHR,
@@ -29,7 +30,7 @@ def examples() -> ExampleSet:
 
 
 def _inputs(ex: ExampleSet) -> dict[str, torch.Tensor]:
-    t = ex.tensors()
+    t = example_tensors(ex)
     return {k: t[k].clone() for k in FIELDS}
 
 
@@ -179,17 +180,6 @@ def test_encoder_save_load_round_trip(examples: ExampleSet, tmp_path: Path) -> N
     x = _inputs(examples)
     assert loaded.config == enc.config
     torch.testing.assert_close(loaded(*x.values()), enc(*x.values()), rtol=0, atol=0)
-
-
-def test_examples_npz_round_trip(examples: ExampleSet, tmp_path: Path) -> None:
-    examples.save(tmp_path / "internal.npz")
-    loaded = load_examples(tmp_path / "internal.npz")
-    for name in ExampleSet.__dataclass_fields__:
-        assert np.array_equal(getattr(loaded, name), getattr(examples, name))
-    part = loaded.subset(np.array([0, 3]))
-    assert len(part) == 2 and part.patient_id[1] == examples.patient_id[3]
-    with pytest.raises(ValueError, match="label"):
-        ExampleSet(**{**examples.__dict__, "label": examples.label.astype(np.int64)})
 
 
 def test_onnx_export_matches_torch(examples: ExampleSet, tmp_path: Path) -> None:

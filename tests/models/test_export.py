@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from models.data import FIELDS as DATA_FIELDS
-from models.data import random_examples
+from cohorts.example_set import FIELDS as DATA_FIELDS
+from cohorts.example_set import random_examples
 from models.export import FIELDS, export_onnx, record_parity, verify_parity
 from models.onnx_runtime import (
     ModelIntegrityError,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from models.data import random_examples
+from cohorts.example_set import random_examples
 from models.diagnostic import DiagnosticModel
 from models.encoders import EncoderConfig, MultimodalEncoder
 from models.finetune import (

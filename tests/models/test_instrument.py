@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
+from cohorts.example_set import ExampleSet, random_examples
 from cohorts.privacy import key_fingerprint, pseudonymise, write_synthetic_marker
 from cohorts.synthetic.truth import read_truth
-from models.data import ExampleSet, random_examples
 from models.encoders import EncoderConfig, MultimodalEncoder
 from models.instrument import (
     HISTOGRAM_EDGES_HU,

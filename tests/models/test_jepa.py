@@ -17,7 +17,8 @@ import torch
 import yaml
 from torch import nn
 
-from models.data import FIELDS, random_examples
+from cohorts.example_set import FIELDS, random_examples
+from models.data import example_tensors
 from models.encoders import EncoderConfig, MultimodalEncoder, load_encoder
 from models.jepa.config import PretrainConfig, build_encoder
 from models.jepa.ema import (
@@ -71,7 +72,7 @@ def tiny_encoder(timepoints: int = 3, crop: int = 16) -> MultimodalEncoder:
 
 
 def batch_of(n: int, timepoints: int = 3, crop: int = 16, seed: int = 0) -> list[torch.Tensor]:
-    tensors = random_examples(n, timepoints, crop, n_ehr=4, seed=seed).tensors()
+    tensors = example_tensors(random_examples(n, timepoints, crop, n_ehr=4, seed=seed))
     return [tensors[k] for k in FIELDS]
 
 
@@ -320,7 +321,7 @@ def test_monitor_fires_on_an_encoder_with_constant_outputs() -> None:
     with torch.no_grad():  # final LayerNorm with zero scale: every token maps to the bias
         encoder.norm.weight.zero_()
         encoder.norm.bias.fill_(0.5)
-    tensors = random_examples(8, 3, 16, n_ehr=4).tensors()
+    tensors = example_tensors(random_examples(8, 3, 16, n_ehr=4))
     stats = monitor_target(encoder, tensors, 8, torch.device("cpu"), threshold=1e-3)
     assert stats["collapsed"] and stats["effective_rank"] == 1.0
     healthy = monitor_target(tiny_encoder(), tensors, 8, torch.device("cpu"), threshold=1e-3)

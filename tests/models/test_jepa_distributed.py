@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from models.data import random_examples
+from cohorts.example_set import random_examples
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_CONFIG = {

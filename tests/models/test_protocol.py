@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.data import random_examples
+from cohorts.example_set import random_examples
+from models.data import example_tensors
 from models.encoders import EncoderConfig, MultimodalEncoder
 from models.finetune import FinetuneConfig, finetune, predict_proba
 from models.protocol import (
@@ -111,8 +112,8 @@ def test_external_prediction_is_the_fold_ensemble(protocol_result) -> None:
     members = np.mean([predict_proba(m, external) for m in ensemble.members], axis=0)
     np.testing.assert_allclose(result.predictions["external"]["jepa"], members, atol=1e-6)
     with torch.no_grad():
-        tensors = external.tensors()
-        from models.data import FIELDS
+        tensors = example_tensors(external)
+        from cohorts.example_set import FIELDS
 
         forward = ensemble(*(tensors[k] for k in FIELDS)).numpy()
     np.testing.assert_allclose(forward, members, atol=1e-6)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.data import FIELDS, random_examples
+from cohorts.example_set import FIELDS, random_examples
+from models.data import example_tensors
 from models.diagnostic import DiagnosticModel
 from models.encoders import IMAGE, EncoderConfig, MultimodalEncoder
 from models.export import export_onnx, verify_parity
@@ -25,7 +26,7 @@ def _config(**overrides) -> EncoderConfig:
 
 def _inputs(n: int = 6, seed: int = 0) -> tuple[torch.Tensor, ...]:
     ex = random_examples(n, timepoints=3, crop_size_vox=24, n_ehr=N_EHR, seed=seed)
-    tensors = ex.tensors()
+    tensors = example_tensors(ex)
     return tuple(tensors[k] for k in FIELDS)
 
 

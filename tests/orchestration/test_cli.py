@@ -1,4 +1,4 @@
-"""orchestration/cli.py: what the `lungjepa` commands print for the people who run them."""
+"""orchestration/cli/: what the `lungjepa` commands print for the people who run them."""
 
 import json
 import re

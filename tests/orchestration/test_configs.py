@@ -42,3 +42,40 @@ def test_pretrain_run_config_is_params_yaml_plus_the_run_knobs() -> None:
     domain = PretrainRunConfig().domain("cpu")
     assert domain == PretrainConfig.from_dict({**params, "device": "cpu"})
     assert PretrainRunConfig(epochs=3).domain("cpu").epochs == 3
+
+
+def test_a_crop_spacing_override_reaches_every_consumer(tmp_path) -> None:
+    """The crop spacing is one run-config field (curated_scans'); the crops carry it to the
+    examples, the Brock baseline's size measure (the models card) and the ONNX metadata that
+    serving crops by. A second copy of the setting in any of them would disagree here."""
+    import json
+
+    import onnx
+    import pandas as pd
+    from pipeline_run import run_pipeline
+
+    from cohorts.example_set import load_examples
+    from orchestration.assets.evaluation import DiagnosticConfig
+    from orchestration.assets.export import ExportConfig
+
+    spacing = section("curate")["crop_spacing_mm"] + 0.25
+    assert "crop_spacing_mm" not in DiagnosticConfig.model_fields
+    assert "crop_spacing_mm" not in ExportConfig.model_fields
+    (tmp_path / "dagster_home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
+        result = run_pipeline(
+            tmp_path, instance, ops={"curated_scans": {"crop_spacing_mm": spacing}}
+        )
+        assert result.success
+    data, artifacts = tmp_path / "data", tmp_path / "artifacts"
+    for cohort in ("archive", "internal", "external"):
+        nodules = pd.read_parquet(data / "curated" / cohort / "nodules.parquet")
+        assert set(nodules["crop_spacing_mm"]) == {spacing}, cohort
+        assert load_examples(data / "examples" / f"{cohort}.npz").crop_spacing_mm == spacing
+    production = json.loads((artifacts / "models" / "production.json").read_text())
+    models = artifacts / "models" / production["version"]
+    assert json.loads((models / "card.json").read_text())["crop_spacing_mm"] == spacing
+    meta = {
+        p.key: p.value for p in onnx.load(models / "onnx" / "jepa" / "model.onnx").metadata_props
+    }
+    assert float(meta["crop_spacing_mm"]) == spacing

@@ -283,7 +283,7 @@ FINETUNE_CHILD = textwrap.dedent(
     from pathlib import Path
     import torch
     torch.set_num_threads(1)
-    from models.data import random_examples
+    from cohorts.example_set import random_examples
     from models.diagnostic import DiagnosticModel
     from models.encoders import EncoderConfig, MultimodalEncoder
     from models.finetune import FinetuneConfig, finetune, save_model, stratified_patient_split

@@ -178,7 +178,7 @@ def visible_files_load(root: Path) -> int:
 
 def outcome(root: Path) -> dict[str, Any]:
     """What a finished run leaves that users rely on, in comparable form."""
-    from models.data import FIELDS, load_examples
+    from cohorts.example_set import FIELDS, load_examples
     from models.onnx_runtime import load_verified_session, predict_onnx
 
     artifacts = root / "artifacts"

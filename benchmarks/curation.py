@@ -64,10 +64,10 @@ STAGES: tuple[tuple[str, str, str], ...] = (
     ("  of which pydicom dcmread", "pydicom/filereader.py", "dcmread"),
     ("  of which Annex E identifiers", "cohorts/dicom/scan.py", "_identifiers"),
     ("decode chosen series (volume_from_geometry)", "cohorts/dicom/series.py", "volume_from_geometry"),
-    ("write volumes and crops (save_npy_atomic)", "cohorts/dicom/curate.py", "save_npy_atomic"),
-    ("lung statistics", "cohorts/dicom/curate.py", "lung_statistics"),
+    ("write volumes and crops (save_npy_atomic)", "cohorts/dicom/outputs.py", "save_npy_atomic"),
+    ("lung statistics", "cohorts/dicom/decode.py", "lung_statistics"),
     ("nodule crops", "cohorts/dicom/crops.py", "nodule_crop"),
-    ("index, quarantine, nodule tables", "cohorts/dicom/curate.py", "save_parquet_atomic"),
+    ("index, quarantine, nodule tables", "cohorts/dicom/outputs.py", "save_parquet_atomic"),
 )  # fmt: skip
 
 

@@ -29,8 +29,9 @@ rows, crop parameters, ``CURATION_VERSION``) makes reruns idempotent: an unchang
 A run holds an exclusive lock on ``<out>/.lock`` (a concurrent run waits, then reuses the
 work) and first removes temporary files a killed run left behind.
 
-Size: over 450 lines because the decode queue and reuse cache are still inlined in
-`_curate`; issue 18 splits them out (and issue 21 reworks them for speed).
+The pieces live beside it: ``cohorts.dicom.select`` (which series of a study), ``decode`` (what
+a pool worker does with one series), ``outputs`` (the cohort's tables, atomic writers and the
+previous run's outcomes for reuse).
 """
 
 from __future__ import annotations
@@ -51,10 +52,22 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from cohorts.dicom.crops import nodule_crop
+from cohorts.dicom.decode import DecodeJob, decode_series, orientation_max_offdiag
+from cohorts.dicom.outputs import (
+    INDEX_COLUMNS,
+    INDEX_SCHEMA,
+    LABEL_COLUMNS,
+    LABEL_SCHEMA,
+    NODULE_COLUMNS,
+    NODULE_SCHEMA,
+    QUARANTINE_COLUMNS,
+    QUARANTINE_SCHEMA,
+    read_previous,
+    remove_stale,
+    reuse_outcome,
+    save_parquet_atomic,
+)
 from cohorts.dicom.scan import (
     ScanResult,
     SliceHeader,
@@ -68,9 +81,8 @@ from cohorts.dicom.series import (
     SeriesError,
     SeriesGeometry,
     validate_headers,
-    volume_from_geometry,
 )
-from cohorts.files import atomic_output, atomic_write_json
+from cohorts.files import atomic_write_json
 from cohorts.parallel import pool_map, worker_pool
 from cohorts.privacy import (
     KEY_RECORD,
@@ -90,40 +102,6 @@ _PRELOAD = (__name__,)
 CURATION_VERSION = (
     "3"  # 2: lung_hu_median, lung_fraction, orientation_max_offdiag; 3: crop_spacing_mm
 )
-_STR, _F64, _I64 = pa.string(), pa.float64(), pa.int64()
-INDEX_SCHEMA = pa.schema(
-    [
-        ("patient_id", _STR), ("series_id", _STR), ("study_id", _STR), ("study_date", _STR),
-        ("modality", _STR), ("n_slices", _I64),
-        ("spacing_mm_z", _F64), ("spacing_mm_y", _F64), ("spacing_mm_x", _F64),
-        ("shape_z", _I64), ("shape_y", _I64), ("shape_x", _I64),
-        ("status", _STR), ("reason", _STR), ("volume_path", _STR),
-        ("slice_thickness_mm", _F64),
-        ("origin_mm_x", _F64), ("origin_mm_y", _F64), ("origin_mm_z", _F64),
-        ("direction", pa.list_(_F64)),  # 3x3 row-major, columns = voxel x, y, z axes (LPS)
-        ("fingerprint", _STR),
-        ("orientation_max_offdiag", _F64),  # max |off-diagonal| of direction; null: quarantined
-        ("lung_hu_median", _F64), ("lung_fraction", _F64),  # see lung_statistics; null: no volume
-    ]
-)  # fmt: skip
-LUNG_HU_RANGE = (-1000.0, -400.0)  # lung parenchyma (and air) window, HU
-BODY_HU_MIN = -500.0  # tissue above this HU marks the body outline
-QUARANTINE_SCHEMA = pa.schema([("file", _STR), ("reason", _STR), ("series_id", _STR)])
-NODULE_SCHEMA = pa.schema(
-    [
-        ("patient_id", _STR), ("series_id", _STR), ("study_date", _STR), ("nodule_id", _STR),
-        ("coord_x_mm", _F64), ("coord_y_mm", _F64), ("coord_z_mm", _F64), ("diameter_mm", _F64),
-        ("crop_path", _STR), ("annotation_index", _I64),
-        ("crop_spacing_mm", _F64),  # the crop's isotropic voxel size: travels with the crop
-    ]
-)  # fmt: skip
-LABEL_SCHEMA = pa.schema(
-    [("patient_id", _STR), ("series_id", _STR), ("malignant", pa.int8()), ("diagnosis_date", _STR)]
-)
-INDEX_COLUMNS = INDEX_SCHEMA.names
-QUARANTINE_COLUMNS = QUARANTINE_SCHEMA.names
-NODULE_COLUMNS = NODULE_SCHEMA.names
-LABEL_COLUMNS = LABEL_SCHEMA.names
 
 
 @dataclass(frozen=True)
@@ -206,111 +184,7 @@ class CurationSummary:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class _Job:
-    """One series to decode in a worker (picklable)."""
-
-    geometry: SeriesGeometry
-    series_id: str
-    annotations: tuple[tuple[int, float, float, float, float], ...]  # (row, x, y, z, diam)
-    out_dir: Path
-    crop_size_vox: int
-    crop_spacing_mm: float
-
-
-@dataclass
-class _Outcome:
-    series_id: str
-    error: SeriesError | None
-    nodules: list[dict[str, Any]]
-    outside: int
-    n_slices: int
-    lung: dict[str, float | None] = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------- atomic files
-
-
-def save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    try:
-        with atomic_output(path) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, array, allow_pickle=False)
-    except OSError as exc:  # numpy's short-write message names neither file nor cause
-        raise OSError(exc.errno, f"could not write {path} (disk full?): {exc}") from exc
-
-
-def save_parquet_atomic(path: Path, frame: pd.DataFrame, schema: pa.Schema) -> None:
-    """Parquet with a fixed schema, so an empty or all-quarantined cohort has the same types."""
-    frame = frame.reindex(columns=schema.names).astype(object)
-    frame = frame.where(frame.notna(), None)
-    table = pa.Table.from_pandas(
-        frame, schema=schema, preserve_index=False
-    ).replace_schema_metadata()
-    with atomic_output(path) as tmp:
-        pq.write_table(table, tmp)
-
-
-# ---------------------------------------------------------------- workers
-
-
-def _process(job: _Job) -> _Outcome:
-    """Decode one series, save its volume and crops; never raises for data problems."""
-    try:
-        volume = volume_from_geometry(job.geometry)
-    except SeriesError as err:
-        return _Outcome(job.series_id, err, [], 0, len(job.geometry.headers))
-    save_npy_atomic(job.out_dir / "volumes" / f"{job.series_id}.npy", volume.hu)
-    lung = lung_statistics(volume.hu)
-    nodules: list[dict[str, Any]] = []
-    outside = 0
-    for n, (row, x, y, z, diameter) in enumerate(job.annotations):
-        try:
-            crop = nodule_crop(volume, (x, y, z), job.crop_size_vox, job.crop_spacing_mm)
-        except ValueError:
-            outside += 1
-            continue
-        rel = f"crops/{job.series_id}_{n}.npy"
-        save_npy_atomic(job.out_dir / rel, crop)
-        nodules.append(
-            {"series_id": job.series_id, "coord_x_mm": x, "coord_y_mm": y, "coord_z_mm": z,
-             "diameter_mm": diameter, "crop_path": rel, "annotation_index": row,
-             "crop_spacing_mm": job.crop_spacing_mm}
-        )  # fmt: skip
-    return _Outcome(job.series_id, None, nodules, outside, volume.hu.shape[0], lung)
-
-
 # ---------------------------------------------------------------- helpers
-
-
-def lung_statistics(hu: np.ndarray) -> dict[str, float | None]:
-    """Median HU and volume fraction of lung voxels inside the body, O(voxels) and no labels.
-
-    Body: on each image row (fixed z, y), the span from the first to the last voxel above
-    ``BODY_HU_MIN``; rows with no such voxel are outside. Lungs are walled in left and right
-    by the chest, so the spans hold them while dropping the air beside and around the patient.
-    Lung: body voxels in ``LUNG_HU_RANGE``. ``lung_fraction`` = lung / body voxels (0.0 with no
-    body); ``lung_hu_median`` is None when no voxel is lung, so a phantom without lungs shows as
-    a fraction of 0 rather than a made-up HU.
-    """
-    tissue = hu > BODY_HU_MIN
-    nx = tissue.shape[-1]
-    has = tissue.any(axis=-1)
-    first = np.argmax(tissue, axis=-1)
-    last = nx - 1 - np.argmax(tissue[..., ::-1], axis=-1)
-    cols = np.arange(nx)
-    body = has[..., None] & (cols >= first[..., None]) & (cols <= last[..., None])
-    lung_values = hu[body & (hu >= LUNG_HU_RANGE[0]) & (hu <= LUNG_HU_RANGE[1])]
-    n_body = int(body.sum())
-    return {
-        "lung_hu_median": float(np.median(lung_values)) if lung_values.size else None,
-        "lung_fraction": lung_values.size / n_body if n_body else 0.0,
-    }
-
-
-def orientation_max_offdiag(direction: np.ndarray) -> float:
-    """Largest |off-diagonal| direction cosine: 0 for an axial (possibly flipped) series."""
-    d = np.abs(np.asarray(direction, dtype=np.float64).reshape(3, 3))
-    return float((d - np.diag(np.diag(d))).max())
 
 
 def _iso_date(dicom_date: str, shift_days: int) -> str | None:
@@ -357,21 +231,6 @@ def _read_annotations(
             (row, float(rec.coordX), float(rec.coordY), float(rec.coordZ), float(rec.diameter_mm))
         )
     return {k: tuple(v) for k, v in out.items()}
-
-
-def _read_previous(out_dir: Path) -> tuple[dict[str, dict[str, Any]], pd.DataFrame, pd.DataFrame]:
-    """Previous index rows by series_id, previous nodules and quarantine (empty if none)."""
-    index_path, nodules_path, quarantine_path = (
-        out_dir / "index.parquet",
-        out_dir / "nodules.parquet",
-        out_dir / "quarantine.parquet",
-    )
-    index = pd.read_parquet(index_path) if index_path.exists() else pd.DataFrame()
-    nodules = pd.read_parquet(nodules_path) if nodules_path.exists() else pd.DataFrame()
-    quarantine = pd.read_parquet(quarantine_path) if quarantine_path.exists() else pd.DataFrame()
-    if "fingerprint" not in index.columns:
-        return {}, pd.DataFrame(columns=NODULE_COLUMNS), pd.DataFrame(columns=QUARANTINE_COLUMNS)
-    return {r["series_id"]: r for r in index.to_dict("records")}, nodules, quarantine
 
 
 def _match_nodules(nodules: pd.DataFrame, tolerance_mm: float, key: bytes) -> pd.Series:
@@ -502,7 +361,7 @@ def _curate(
     summary.key_fingerprint = key_fingerprint(key)
     summary.skipped_files = len(scan.skipped_files)
     annotations = _read_annotations(raw.annotations)
-    previous, prev_nodules, prev_quarantine = _read_previous(out_dir)
+    previous, prev_nodules, prev_quarantine = read_previous(out_dir)
 
     identifiers = {i for headers in scan.series.values() for h in headers for i in h.identifiers}
 
@@ -554,19 +413,19 @@ def _curate(
     selections = {study: StudySelection(c) for study, c in candidates.items()}
     nodule_rows: list[dict[str, Any]] = []
     while selections:
-        jobs: list[_Job] = []
+        jobs: list[DecodeJob] = []
         for study in list(selections):
             selection = selections[study]
             while (series_id := selection.next) is not None:
                 prev = previous.get(series_id)
                 reused = (
-                    _reuse(prev, series_id, out_dir, prev_nodules, prev_quarantine)
+                    reuse_outcome(prev, series_id, out_dir, prev_nodules, prev_quarantine)
                     if prev is not None and prev["fingerprint"] == fingerprints[series_id]
                     else None
                 )
                 if reused is None:  # new, changed, or its files vanished from out_dir: decode
                     jobs.append(
-                        _Job(candidates[study][series_id], series_id, series_annotations[series_id],
+                        DecodeJob(candidates[study][series_id], series_id, series_annotations[series_id],
                              out_dir, config.crop_size_vox, config.crop_spacing_mm)
                     )  # fmt: skip
                     break
@@ -591,7 +450,7 @@ def _curate(
         if not jobs:
             continue
         study_of = {job.series_id: rows[job.series_id]["study_id"] for job in jobs}
-        decoded = pool_map(_process, jobs, config.workers, "series", progress, pool=pool)
+        decoded = pool_map(decode_series, jobs, config.workers, "series", progress, pool=pool)
         for outcome in decoded:
             summary.series_processed += 1
             summary.slices_processed += outcome.n_slices
@@ -628,7 +487,7 @@ def _curate(
     quarantine_frame = pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS).drop_duplicates()
 
     # 6. write
-    _remove_stale(out_dir, index, nodules)
+    remove_stale(out_dir, index, nodules)
     save_parquet_atomic(out_dir / "index.parquet", index, INDEX_SCHEMA)
     save_parquet_atomic(out_dir / "quarantine.parquet", quarantine_frame, QUARANTINE_SCHEMA)
     save_parquet_atomic(out_dir / "nodules.parquet", nodules, NODULE_SCHEMA)
@@ -668,53 +527,6 @@ def _mark_not_selected(rows: dict[str, dict[str, Any]], others: list[str], chose
             rows[series_id].update(
                 status="quarantined", reason=f"not_selected: study uses {chosen}"
             )
-
-
-def _reuse(
-    prev: dict[str, Any],
-    series_id: str,
-    out_dir: Path,
-    prev_nodules: pd.DataFrame,
-    prev_quarantine: pd.DataFrame,
-) -> tuple[bool, list[dict[str, Any]], list[dict[str, Any]]] | None:
-    """Previous outcome of an unchanged series, or None when its files are gone."""
-    old_quarantine = (
-        prev_quarantine[prev_quarantine["series_id"] == series_id].to_dict("records")
-        if len(prev_quarantine)
-        else []
-    )
-    if prev["status"] == "ok":
-        old = (
-            prev_nodules[prev_nodules["series_id"] == series_id]
-            if len(prev_nodules)
-            else prev_nodules
-        )
-        paths = [out_dir / str(prev["volume_path"])] + [
-            out_dir / p for p in old.get("crop_path", [])
-        ]
-        if not all(p.exists() for p in paths):
-            return None
-        keep = ["series_id", "coord_x_mm", "coord_y_mm", "coord_z_mm", "diameter_mm", "crop_path",
-                "annotation_index", "crop_spacing_mm"]  # fmt: skip
-        records = old[keep].to_dict("records") if len(old) else []
-        for record in records:
-            record["annotation_index"] = int(record["annotation_index"])
-        return True, records, old_quarantine
-    reason = str(prev["reason"])
-    if not reason or reason.startswith("not_selected"):
-        return None  # never decoded: decode now
-    return False, [], old_quarantine
-
-
-def _remove_stale(out_dir: Path, index: pd.DataFrame, nodules: pd.DataFrame) -> None:
-    """Delete volumes and crops that no current row points to (a series dropped or changed)."""
-    keep = set(index["volume_path"].dropna()) | set(nodules["crop_path"].dropna())
-    for sub in ("volumes", "crops"):
-        folder = out_dir / sub
-        if folder.is_dir():
-            for path in folder.glob("*.npy"):
-                if f"{sub}/{path.name}" not in keep:
-                    path.unlink(missing_ok=True)
 
 
 def _labels(path: Path | None, config: CurationConfig) -> pd.DataFrame:

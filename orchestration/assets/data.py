@@ -5,6 +5,7 @@ import dagster as dg
 from cohorts.dicom import CurationConfig, curate_cohort
 from cohorts.privacy import PrivacyConfig
 from cohorts.synthetic import SynthConfig, generate_archive, preset_config
+from orchestration.configs import config_class
 from orchestration.dvc_versions import dvc_metadata
 from orchestration.metadata import flat_numbers, markdown_table
 from orchestration.params import section
@@ -58,20 +59,19 @@ def raw_archive(
     )
 
 
-class CurationRunConfig(dg.Config):
-    """Curation knobs (params.yaml `curate`). The pseudonym key is not one: it never enters run
-    config (the launchpad and run history would show it); cohorts/privacy.py resolves it."""
-
-    crop_size_vox: int = _CURATE["crop_size_vox"]
-    crop_spacing_mm: float = _CURATE["crop_spacing_mm"]
-    min_slices: int = _CURATE["min_slices"]
-    workers: int = _CURATE["workers"]
-    nodule_match_tolerance_mm: float = _CURATE["nodule_match_tolerance_mm"]
+class _CurationRun(dg.Config):
+    """Curation knobs (params.yaml `curate`; fields built from CurationConfig,
+    orchestration/configs.py). The pseudonym key is not one: it never enters run config (the
+    launchpad and run history would show it); cohorts/privacy.py resolves it. The crop spacing
+    set here is the only one: it travels with the crops to every consumer."""
 
     def domain(self, privacy: PrivacyConfig) -> CurationConfig:
         """The domain config; the date shift is the run's `privacy` resource, shared with the
         EHR features (not a field here: CT and EHR must shift alike)."""
         return CurationConfig.from_params(self.model_dump(), privacy)
+
+
+CurationRunConfig = config_class("CurationRunConfig", CurationConfig, _CURATE, _CurationRun)
 
 
 @dg.asset(

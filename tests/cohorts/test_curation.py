@@ -31,7 +31,7 @@ from cohorts.dicom import (
     read_series,
 )
 from cohorts.dicom import series as series_module
-from cohorts.dicom.curate import INDEX_COLUMNS, LABEL_COLUMNS, NODULE_COLUMNS
+from cohorts.dicom.outputs import INDEX_COLUMNS, LABEL_COLUMNS, NODULE_COLUMNS
 from cohorts.dicom.scan import SliceHeader, read_header
 from cohorts.dicom.series import slice_to_hu, validate_headers, volume_from_geometry
 from cohorts.privacy import date_shift_days, pseudonymise
@@ -445,7 +445,7 @@ def test_orientation_and_lung_columns(tmp_path: Path) -> None:
 
 
 def test_lung_statistics_of_a_chest_like_volume() -> None:
-    from cohorts.dicom.curate import lung_statistics, orientation_max_offdiag
+    from cohorts.dicom.decode import lung_statistics, orientation_max_offdiag
 
     hu = np.full((2, 20, 20), -1000, dtype=np.int16)  # air around the patient
     hu[:, 4:16, 2:18] = 40  # body 12 x 16

@@ -33,17 +33,15 @@ from cohorts.files import atomic_write_bytes
 from cohorts.privacy import pseudonymise
 from models.onnx_runtime import predict_onnx
 from orchestration.params import privacy_config, section
+from serving.features import online_ehr, open_feature_store
+from serving.model import load_model, resolve_model_path
 from serving.predict import (
     CurationSettings,
     PredictRequest,
     crop_nodule,
-    load_model,
     model_inputs,
-    online_ehr,
-    open_feature_store,
     predict,
     read_scan,
-    resolve_model_path,
 )
 from serving.service import PredictionService, ServiceConfig
 
@@ -54,9 +52,10 @@ PROFILE = "tiny"  # of a pipeline built here
 
 IMPORTS_ONLY = (
     "from orchestration import cli\n"
-    "from serving import predict\n"
+    "from serving import batch, predict\n"
+    "from serving.features import refuse_torch\n"
     "from cohorts.privacy import resolve_key\n"
-    "with predict.refuse_torch():\n"
+    "with refuse_torch():\n"
     "    import feature_repo.store\n"
 )
 """What a `predict` process imports before it does any work (Feast with torch refused)."""

@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from models.onnx_runtime import ModelIntegrityError
-from serving.predict import PredictionError
+from serving.errors import PredictionError
 from serving.service import BATCH_FIELDS, CASE_FIELDS, PathNotAllowed, PredictionService
 
 log = logging.getLogger("lungjepa.serve")

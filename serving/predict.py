@@ -3,10 +3,11 @@
 Why a module of plain functions: a hospital inference box has onnxruntime, pydicom and the
 feature store, not a training stack, so nothing here imports torch or Dagster. The series is
 read with the curation code (same checks, same HU conversion, same crop), the EHR features
-come from the Feast online store (or a JSON file) in the order the model's metadata names,
-and the model runs through ``load_verified_session``, which refuses a file whose sha256 is
-not its card's. Feast imports torch eagerly when it is installed (feast/torch_wrapper.py);
-the store is opened with torch imports refused, so the predict process never loads it.
+come from the Feast online store (or a JSON file) in the order the model's metadata names
+(``serving.features``, which opens the store with torch imports refused), and the model runs
+through ``load_verified_session`` (``serving.model``), which refuses a file whose sha256 is
+not its card's. Many rows of an annotations.csv at once: ``serving.batch``, which reads its
+series with the settings, parsers and crop here.
 
 Ids on input are the hospital's (MRN, DICOM UIDs); everything printed uses the pseudonyms
 curation writes (``cohorts.privacy``), so the output joins the curated data and holds no PHI.
@@ -14,63 +15,34 @@ curation writes (``cohorts.privacy``), so the output joins the curated data and 
 Each entry point has a ``*_loaded`` twin that takes an open session and a feature-store
 opener, so ``serving.service`` can keep both open between requests; the CLI opens them per
 call.
-
-Size: over 450 lines because single and batch prediction share their readers here; issue 18
-splits the DICOM reading (shared with curation's series-selection rule) from the features.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import importlib.abc
-import json
-import sys
-from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from cohorts.dicom import CTVolume, SeriesError, nodule_crop
 from cohorts.dicom.scan import ScanResult, scan_dicom_tree
 from cohorts.dicom.select import first_decodable
 from cohorts.dicom.series import validate_headers, volume_from_geometry
-from cohorts.ehr.features import (
-    AGE_AT_SCAN,
-    BIRTH_REFERENCE_DAY,
-    add_age_at_scan,
-    birth_reference_days,
-    scan_timestamp,
-)
 from cohorts.example_set import padded_inputs
 from cohorts.privacy import date_shift_days, pseudonymise, resolve_key, shift_date
-from models.onnx_runtime import load_verified_session, predict_onnx
-
-DEFAULT_MODEL = "jepa"
-YEAR_OF_BIRTH = "year_of_birth"
-
-
-class PredictionError(ValueError):
-    """An input the predict path cannot use; the message says which and why."""
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the ONNX metadata says the model takes (written by the `onnx_model` asset)."""
-
-    onnx_path: Path
-    sha256: str
-    name: str
-    version: str
-    encoder_version: str
-    inputs: tuple[str, ...]
-    crop_shape_zyx: tuple[int, int, int]
-    crop_spacing_mm: float
-    max_timepoints: int
-    ehr_feature_names: tuple[str, ...]
+from models.onnx_runtime import predict_onnx
+from serving.errors import PredictionError
+from serving.features import (
+    EhrInput,
+    StoreOpener,
+    json_ehr,
+    mapping_ehr,
+    online_ehr,
+    open_feature_store,
+)
+from serving.model import ModelSpec, load_model
 
 
 @dataclass(frozen=True)
@@ -104,78 +76,7 @@ class Scan:
     date_shift_days: int = field(default=0, repr=False)  # the patient's shift (never output)
 
 
-@dataclass
-class EhrInput:
-    """One EHR vector in the model's feature order, and where it came from."""
-
-    values: dict[str, float]
-    available: bool
-    source: str
-    warnings: list[str] = field(default_factory=list)
-
-
-# ---------------------------------------------------------------- model
-
-
-def resolve_model_path(model: str | None, artifacts_dir: Path) -> Path:
-    """A model file path, or a model name in artifacts/models/production.json (default jepa)."""
-    if model and (model.endswith(".onnx") or Path(model).exists()):
-        path = Path(model)
-        if not path.is_file():
-            raise PredictionError(f"model file not found: {path}")
-        return path
-    return production_model_path(model or DEFAULT_MODEL, artifacts_dir)
-
-
-def production_model_path(name: str, artifacts_dir: Path) -> Path:
-    """The ONNX file production.json names ``name`` (never a path the caller gave)."""
-    pointer_path = Path(artifacts_dir) / "models" / "production.json"
-    if not pointer_path.is_file():
-        raise PredictionError(
-            f"no production model: {pointer_path} not found (run `lungjepa export`, or pass "
-            "--model PATH/TO/model.onnx)"
-        )
-    pointer = json.loads(pointer_path.read_text())
-    if name not in pointer.get("models", {}):
-        raise PredictionError(
-            f"production model {pointer.get('version')} has no model {name!r}; "
-            f"known: {sorted(pointer.get('models', {}))}"
-        )
-    return Path(artifacts_dir) / pointer["models"][name]
-
-
-def load_model(onnx_path: Path) -> tuple[Any, ModelSpec]:
-    """Open the model only if its sha256 matches its card; read the input spec it carries."""
-    onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise PredictionError(f"model file not found: {onnx_path}")
-    if not (onnx_path.parent / "card.json").is_file():
-        raise PredictionError(f"model {onnx_path} has no card.json beside it; refusing to run it")
-    session, card = load_verified_session(onnx_path)
-    meta = dict(session.get_modelmeta().custom_metadata_map)
-    required = ("inputs", "crop_shape_zyx", "crop_spacing_mm", "max_timepoints")
-    missing = [k for k in (*required, "ehr_feature_names") if k not in meta]
-    if missing:
-        raise PredictionError(f"model {onnx_path} lacks metadata {missing}; re-export it")
-    shape = tuple(int(v) for v in json.loads(meta["crop_shape_zyx"]))
-    if len(shape) != 3 or len(set(shape)) != 1:
-        raise PredictionError(f"model {onnx_path}: crop shape {shape} is not a cube")
-    spec = ModelSpec(
-        onnx_path=onnx_path,
-        sha256=str(card["sha256"]),
-        name=meta.get("model", onnx_path.parent.name),
-        version=meta.get("model_version", ""),
-        encoder_version=meta.get("encoder_version", ""),
-        inputs=tuple(json.loads(meta["inputs"])),
-        crop_shape_zyx=shape,  # type: ignore[arg-type]
-        crop_spacing_mm=float(meta["crop_spacing_mm"]),
-        max_timepoints=int(meta["max_timepoints"]),
-        ehr_feature_names=tuple(json.loads(meta["ehr_feature_names"])),
-    )
-    return session, spec
-
-
-# ---------------------------------------------------------------- DICOM
+# ---------------------------------------------------------------- the DICOM series
 
 
 def parse_nodule(text: str) -> tuple[float, float, float]:
@@ -297,149 +198,6 @@ def crop_nodule(
         raise PredictionError(f"nodule outside the volume: {exc}") from exc
 
 
-# ---------------------------------------------------------------- EHR
-
-
-class _RefuseTorch(importlib.abc.MetaPathFinder):
-    """Makes ``import torch`` fail, so an optional torch import elsewhere stays off."""
-
-    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
-        if name == "torch" or name.startswith("torch."):
-            raise ModuleNotFoundError(
-                f"torch is not loaded on the predict path ({name})", name=name
-            )
-        return None
-
-
-@contextlib.contextmanager
-def refuse_torch() -> Iterator[None]:
-    """While active, importing torch raises ModuleNotFoundError (unless already imported)."""
-    finder = _RefuseTorch()
-    sys.meta_path.insert(0, finder)
-    try:
-        yield
-    finally:
-        sys.meta_path.remove(finder)
-
-
-def age_at_scan_years(birth_reference_day: float, scan_date: dt.date) -> float:
-    """Age the way training computed it (``add_age_at_scan``), both dates shifted alike."""
-    frame = pd.DataFrame(
-        {
-            "event_timestamp": [scan_timestamp(scan_date)],
-            BIRTH_REFERENCE_DAY: [birth_reference_day],
-        }
-    )
-    return float(add_age_at_scan(frame)[AGE_AT_SCAN].iloc[0])
-
-
-def _birth_day(raw: dict[str, Any], shift_days: int) -> float:
-    """The birth reference day of a feature row: the store's, or from a typed year of birth
-    (the real year, shifted here by the patient's shift like the store's); NaN when absent."""
-    if _present(raw.get(BIRTH_REFERENCE_DAY)):
-        return float(raw[BIRTH_REFERENCE_DAY])
-    if _present(raw.get(YEAR_OF_BIRTH)):
-        year = pd.Series([int(float(raw[YEAR_OF_BIRTH]))])
-        return float(birth_reference_days(year, shift_days).iloc[0])
-    return float("nan")
-
-
-def ehr_vector(
-    raw: dict[str, Any],
-    names: Sequence[str],
-    scan_date: dt.date,
-    source: str,
-    shift_days: int = 0,
-) -> EhrInput:
-    """Model-ordered features from a feature row; the missing-value rule of training.
-
-    All features missing: ``available`` False (ehr_mask False, zeros). Some missing: zeros
-    for those, with a warning naming them (as ``assemble_examples`` fills NaN with 0).
-    ``scan_date`` is the shifted date; ``shift_days`` the patient's shift, used only to place
-    a typed ``year_of_birth`` on the same shifted calendar.
-    """
-    values: dict[str, float] = {}
-    for name in names:
-        if name == AGE_AT_SCAN and AGE_AT_SCAN not in raw:
-            birth = _birth_day(raw, shift_days)
-            value = age_at_scan_years(birth, scan_date) if _present(birth) else float("nan")
-        else:
-            value = float(raw[name]) if _present(raw.get(name)) else float("nan")
-        values[name] = value
-    missing = [n for n, v in values.items() if np.isnan(v)]
-    warnings: list[str] = []
-    if len(missing) == len(names):
-        return EhrInput({n: 0.0 for n in names}, False, source, warnings)
-    if missing:
-        warnings.append(f"EHR features missing, set to 0 as in training: {missing}")
-    return EhrInput(
-        {n: (0.0 if np.isnan(v) else v) for n, v in values.items()}, True, source, warnings
-    )
-
-
-def _present(value: Any) -> bool:
-    if value is None:
-        return False
-    try:
-        return bool(np.isfinite(float(value)))
-    except (TypeError, ValueError):
-        return False
-
-
-def open_feature_store(data_dir: Path, repo_dir: Path) -> Any:
-    """The Feast store of ``data_dir`` (torch imports refused); PredictionError if none."""
-    with refuse_torch():
-        from feature_repo.store import feast_dir, has_registry, open_store
-    if not has_registry(data_dir):
-        raise PredictionError(
-            f"no feature store under {feast_dir(data_dir)} (run `lungjepa features`, or pass "
-            "--features-json)"
-        )
-    return open_store(repo_dir, data_dir)
-
-
-def online_rows(store: Any, patient_pseudonyms: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Each patient's latest online features (one Feast read for all of them)."""
-    with refuse_torch():
-        from feature_repo.store import online_feature_rows
-    return online_feature_rows(store, list(patient_pseudonyms))
-
-
-def online_ehr(
-    store: Any, patient_pseudonym: str, names: Sequence[str], scan_date: dt.date
-) -> EhrInput | None:
-    """The patient's latest features from the Feast online store; None when it has no row."""
-    row = online_rows(store, [patient_pseudonym])[patient_pseudonym]
-    feature_values = {k: v for k, v in row.items() if k != "patient_id"}
-    if not any(_present(v) for v in feature_values.values()):
-        return None
-    unknown = [n for n in names if n != AGE_AT_SCAN and n not in feature_values]
-    if unknown:
-        raise PredictionError(f"the feature store does not serve the model's features {unknown}")
-    return ehr_vector(feature_values, names, scan_date, "feast_online")
-
-
-def json_ehr(path: Path, names: Sequence[str], scan_date: dt.date, shift_days: int = 0) -> EhrInput:
-    """Features from a JSON object {name: value}; age may come as year_of_birth instead."""
-    try:
-        raw = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise PredictionError(f"--features-json {path}: {exc}") from exc
-    return mapping_ehr(raw, names, scan_date, shift_days, f"--features-json {path}")
-
-
-def mapping_ehr(
-    raw: object, names: Sequence[str], scan_date: dt.date, shift_days: int, where: str
-) -> EhrInput:
-    """Features given by the caller as {name: value} (``where`` names them in errors)."""
-    if not isinstance(raw, dict):
-        raise PredictionError(f"{where}: expected an object of name: value")
-    needed = [n for n in names if n not in raw and not (n == AGE_AT_SCAN and YEAR_OF_BIRTH in raw)]
-    if needed:
-        raise PredictionError(f"{where} lacks the model's features {needed}")
-    return ehr_vector(raw, names, scan_date, "features_json", shift_days)
-
-
 # ---------------------------------------------------------------- inputs and the run
 
 
@@ -475,10 +233,6 @@ class PredictRequest:
     features_json: Path | None = None
     allow_missing_ehr: bool = False
     features: dict[str, Any] | None = None  # inline {name: value}, instead of features_json
-
-
-StoreOpener = Callable[[], Any]
-"""Returns the open Feast store; called only when a prediction needs online features."""
 
 
 def predict(request: PredictRequest) -> dict[str, Any]:
@@ -560,140 +314,3 @@ def predict_loaded(
         },
         "warnings": warnings,
     }
-
-
-# ---------------------------------------------------------------- batch over annotations.csv
-
-
-@dataclass(frozen=True)
-class BatchRequest:
-    """`lungjepa predict --annotations CSV --dicom-root DIR`: one prediction per CSV row."""
-
-    annotations_csv: Path | None
-    dicom_root: Path
-    model_path: Path
-    data_dir: Path
-    feature_repo_dir: Path
-    curation: CurationSettings
-    allow_missing_ehr: bool = False
-    annotations: tuple[dict[str, Any], ...] | None = None  # inline rows, instead of the CSV
-
-
-ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ")
-
-
-def _read_annotation_rows(request: BatchRequest) -> pd.DataFrame:
-    """The batch's rows, from the CSV or given inline; PredictionError names what is wrong."""
-    if request.annotations is not None:
-        where = "annotations"
-        if not all(isinstance(row, dict) for row in request.annotations):
-            raise PredictionError("annotations: expected a list of objects")
-        frame = pd.DataFrame(list(request.annotations))
-    else:
-        where = f"--annotations {request.annotations_csv}"
-        try:
-            frame = pd.read_csv(request.annotations_csv, dtype={"seriesuid": str})  # type: ignore[arg-type]
-        except (OSError, ValueError, pd.errors.ParserError) as exc:
-            raise PredictionError(f"{where}: {exc}") from exc
-    missing = [c for c in ANNOTATION_COLUMNS if c not in frame.columns]
-    if missing:
-        raise PredictionError(f"{where} lacks columns {missing} (LUNA16 format)")
-    coords = frame[["coordX", "coordY", "coordZ"]].apply(pd.to_numeric, errors="coerce")
-    bad = [int(i) for i in coords.index[~np.isfinite(coords.to_numpy(float)).all(axis=1)]]
-    if bad:
-        raise PredictionError(f"{where}: rows {bad[:5]} have coordinates that are not numbers")
-    return frame.assign(seriesuid=frame["seriesuid"].astype(str))
-
-
-def predict_batch(request: BatchRequest) -> list[dict[str, Any]]:
-    """One result per annotation row (LUNA16 CSV), in row order; a bad row gets ``error``.
-
-    Headers are scanned once, each series is decoded once, the online store is read once for
-    all patients, and the model runs on the whole batch.
-    """
-    session, spec = load_model(request.model_path)
-    return predict_batch_loaded(
-        request,
-        session,
-        spec,
-        lambda: open_feature_store(request.data_dir, request.feature_repo_dir),
-    )
-
-
-def predict_batch_loaded(
-    request: BatchRequest, session: Any, spec: ModelSpec, store: StoreOpener
-) -> list[dict[str, Any]]:
-    """``predict_batch`` with the verified session already open and the store behind ``store``."""
-    frame = _read_annotation_rows(request)
-    if not Path(request.dicom_root).is_dir():
-        raise PredictionError(f"DICOM folder not found: {request.dicom_root}")
-    tree = scan_dicom_tree(Path(request.dicom_root))
-    settings = request.curation.for_tree(tree)
-    key = settings.pseudonym_key
-    volumes: dict[str, tuple[CTVolume, dt.date] | str] = {}
-    results: list[dict[str, Any]] = []
-    ready: list[tuple[int, np.ndarray, str, dt.date]] = []
-    for row, rec in enumerate(frame.itertuples(index=False)):
-        uid = str(rec.seriesuid)
-        series_id = pseudonymise(uid, key, "series")
-        xyz = (float(rec.coordX), float(rec.coordY), float(rec.coordZ))
-        results.append({"row": row, "series_id": series_id, "nodule_world_mm": list(xyz)})
-        if uid not in volumes:
-            volumes[uid] = _batch_volume(tree.series.get(uid), settings)
-        loaded = volumes[uid]
-        if isinstance(loaded, str):
-            results[-1]["error"] = loaded
-            continue
-        volume, scan_date = loaded
-        try:
-            crop = crop_nodule(volume, xyz, spec)
-        except PredictionError as exc:
-            results[-1]["error"] = str(exc)
-            continue
-        patient = pseudonymise(volume.patient_id_raw, key, "patient")
-        results[-1].update({"patient_id": patient, "scan_date": scan_date.isoformat()})
-        ready.append((row, crop, patient, scan_date))
-    if not ready:
-        return results
-    online = online_rows(store(), sorted({patient for _, _, patient, _ in ready}))
-    batch: list[tuple[np.ndarray, ...]] = []
-    rows: list[int] = []
-    for row, crop, patient, scan_date in ready:
-        raw = {k: v for k, v in online[patient].items() if k != "patient_id"}
-        ehr: EhrInput | None = None
-        if any(_present(v) for v in raw.values()):
-            ehr = ehr_vector(raw, spec.ehr_feature_names, scan_date, "feast_online")
-        if ehr is None:
-            if not request.allow_missing_ehr:
-                results[row]["error"] = f"unknown patient {patient} (pseudonym): no EHR features"
-                continue
-            ehr = EhrInput({n: 0.0 for n in spec.ehr_feature_names}, False, "none")
-            ehr.warnings.append("no EHR features: predicted with ehr_mask False (imaging only)")
-        results[row].update({"ehr_mask": ehr.available, "warnings": ehr.warnings})
-        batch.append(model_inputs(crop, ehr, spec))
-        rows.append(row)
-    if batch:
-        stacked = tuple(np.concatenate(parts) for parts in zip(*batch, strict=True))
-        probabilities = predict_onnx(session, stacked)
-        for row, p in zip(rows, probabilities, strict=True):
-            results[row]["probability"] = float(p)
-            results[row]["model"] = {"name": spec.name, "version": spec.version}
-    return results
-
-
-def _batch_volume(
-    headers: list | None, settings: CurationSettings
-) -> tuple[CTVolume, dt.date] | str:
-    """A decoded series and its (shifted) date, or the reason it cannot be used."""
-    if not headers:
-        return "series not found under --dicom-root"
-    try:
-        volume = volume_from_geometry(validate_headers(headers, settings.min_slices))
-    except SeriesError as err:
-        return f"not a usable CT series: {err.index_reason}"
-    if not volume.study_date.strip():
-        return "series has no StudyDate"
-    shift = date_shift_days(
-        volume.patient_id_raw, settings.pseudonym_key, settings.date_shift_max_days
-    )
-    return volume, shift_date(parse_date(volume.study_date), shift)

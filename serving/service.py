@@ -24,20 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from serving.batch import BatchRequest, predict_batch_loaded
+from serving.errors import PredictionError
+from serving.features import open_feature_store
+from serving.model import DEFAULT_MODEL, ModelSpec, load_model, production_model_path
 from serving.predict import (
-    DEFAULT_MODEL,
-    BatchRequest,
     CurationSettings,
-    ModelSpec,
-    PredictionError,
     PredictRequest,
-    load_model,
-    open_feature_store,
     parse_date,
     parse_nodule,
-    predict_batch_loaded,
     predict_loaded,
-    production_model_path,
 )
 
 CASE_FIELDS = {

@@ -36,7 +36,6 @@ previous run's outcomes for reuse).
 
 from __future__ import annotations
 
-import datetime as dt
 import fcntl
 import hashlib
 import json
@@ -54,10 +53,10 @@ import numpy as np
 import pandas as pd
 
 from cohorts.dicom.decode import DecodeJob, decode_series, orientation_max_offdiag
+from cohorts.dicom.inputs import RawCohort, iso_date, read_annotations, read_labels
 from cohorts.dicom.outputs import (
     INDEX_COLUMNS,
     INDEX_SCHEMA,
-    LABEL_COLUMNS,
     LABEL_SCHEMA,
     NODULE_COLUMNS,
     NODULE_SCHEMA,
@@ -94,7 +93,6 @@ from cohorts.privacy import (
     key_record,
     pseudonymise,
     resolve_key,
-    shift_date,
 )
 
 # the worker pools' forkserver imports this module (and so scan, series, crops) once, up front
@@ -102,43 +100,6 @@ _PRELOAD = (__name__,)
 CURATION_VERSION = (
     "3"  # 2: lung_hu_median, lung_fraction, orientation_max_offdiag; 3: crop_spacing_mm
 )
-
-
-@dataclass(frozen=True)
-class RawCohort:
-    """Where one cohort's inputs are.
-
-    root: quarantine paths and file fingerprints are relative to it; the generator's
-    ``synthetic.json`` marker is looked for here. dicom_dir: every DICOM file under it, any
-    layout. annotations / labels: the optional CSVs (docs/ARCHITECTURE.md, "Raw archive").
-    """
-
-    root: Path
-    dicom_dir: Path
-    annotations: Path | None = None
-    labels: Path | None = None
-
-    @classmethod
-    def from_folder(
-        cls, folder: Path, annotations: Path | None = None, labels: Path | None = None
-    ) -> RawCohort:
-        """The pipeline's layout when ``folder/dicom`` exists, else a plain folder of DICOM.
-
-        In the pipeline's layout the CSVs beside ``dicom/`` are used unless others are given.
-        """
-        folder = Path(folder)
-        if (folder / "dicom").is_dir():
-            return cls(
-                root=folder,
-                dicom_dir=folder / "dicom",
-                annotations=annotations or _existing(folder / "annotations.csv"),
-                labels=labels or _existing(folder / "labels.csv"),
-            )
-        return cls(root=folder, dicom_dir=folder, annotations=annotations, labels=labels)
-
-
-def _existing(path: Path) -> Path | None:
-    return path if path.is_file() else None
 
 
 @dataclass(frozen=True)
@@ -187,16 +148,6 @@ class CurationSummary:
 # ---------------------------------------------------------------- helpers
 
 
-def _iso_date(dicom_date: str, shift_days: int) -> str | None:
-    """DICOM ``YYYYMMDD`` (or ISO) -> shifted ISO ``YYYY-MM-DD``; None when absent or bad."""
-    text = dicom_date.strip().replace("-", "")[:8]
-    try:
-        day = dt.datetime.strptime(text, "%Y%m%d").date()
-    except ValueError:
-        return None
-    return shift_date(day, shift_days).isoformat()
-
-
 def _fingerprint(
     headers: list[SliceHeader], raw_dir: Path, annotations: tuple[Any, ...], config: CurationConfig
 ) -> str:
@@ -207,30 +158,6 @@ def _fingerprint(
         [CURATION_VERSION, parts, list(annotations), config.crop_size_vox, config.crop_spacing_mm]
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
-
-
-def _require_columns(frame: pd.DataFrame, path: Path, columns: list[str]) -> None:
-    """A CSV that breaks its contract is an unusable argument, not a data problem."""
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{path} lacks columns {missing}; expected {columns}")
-
-
-def _read_annotations(
-    path: Path | None,
-) -> dict[str, tuple[tuple[int, float, float, float, float], ...]]:
-    if path is None:
-        return {}
-    if not path.is_file():
-        raise FileNotFoundError(f"annotations file not found: {path}")
-    frame = pd.read_csv(path, dtype={"seriesuid": str})
-    _require_columns(frame, path, ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"])
-    out: dict[str, list[tuple[int, float, float, float, float]]] = {}
-    for row, rec in enumerate(frame.itertuples(index=False)):
-        out.setdefault(str(rec.seriesuid), []).append(
-            (row, float(rec.coordX), float(rec.coordY), float(rec.coordZ), float(rec.diameter_mm))
-        )
-    return {k: tuple(v) for k, v in out.items()}
 
 
 def _match_nodules(nodules: pd.DataFrame, tolerance_mm: float, key: bytes) -> pd.Series:
@@ -360,7 +287,7 @@ def _curate(
     key = config.pseudonym_key
     summary.key_fingerprint = key_fingerprint(key)
     summary.skipped_files = len(scan.skipped_files)
-    annotations = _read_annotations(raw.annotations)
+    annotations = read_annotations(raw.annotations)
     previous, prev_nodules, prev_quarantine = read_previous(out_dir)
 
     identifiers = {i for headers in scan.series.values() for h in headers for i in h.identifiers}
@@ -388,7 +315,7 @@ def _curate(
             "patient_id": pseudonymise(first.patient_id, key, "patient"),
             "series_id": series_id,
             "study_id": pseudonymise(first.study_uid or series_uid, key, "study"),
-            "study_date": _iso_date(first.study_date, shift),
+            "study_date": iso_date(first.study_date, shift),
             "modality": first.modality or None,
             "n_slices": len(headers),
             "status": "quarantined",
@@ -491,7 +418,11 @@ def _curate(
     save_parquet_atomic(out_dir / "index.parquet", index, INDEX_SCHEMA)
     save_parquet_atomic(out_dir / "quarantine.parquet", quarantine_frame, QUARANTINE_SCHEMA)
     save_parquet_atomic(out_dir / "nodules.parquet", nodules, NODULE_SCHEMA)
-    save_parquet_atomic(out_dir / "labels.parquet", _labels(raw.labels, config), LABEL_SCHEMA)
+    save_parquet_atomic(
+        out_dir / "labels.parquet",
+        read_labels(raw.labels, config.pseudonym_key, config.date_shift_max_days),
+        LABEL_SCHEMA,
+    )
     record = key_record(key, config.date_shift_max_days, summary.synthetic)
     atomic_write_json(out_dir / KEY_RECORD, record)
 
@@ -527,28 +458,3 @@ def _mark_not_selected(rows: dict[str, dict[str, Any]], others: list[str], chose
             rows[series_id].update(
                 status="quarantined", reason=f"not_selected: study uses {chosen}"
             )
-
-
-def _labels(path: Path | None, config: CurationConfig) -> pd.DataFrame:
-    """labels.csv with pseudonymised ids and the patient's date shift applied."""
-    if path is None:
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in LABEL_COLUMNS}).astype(
-            {"malignant": "Int8"}
-        )
-    frame = pd.read_csv(path, dtype={"person_id": str, "seriesuid": str, "diagnosis_date": str})
-    _require_columns(frame, path, ["person_id", "seriesuid", "malignant", "diagnosis_date"])
-    key = config.pseudonym_key
-    out = pd.DataFrame(
-        {
-            "patient_id": [pseudonymise(p, key, "patient") for p in frame["person_id"]],
-            "series_id": [pseudonymise(s, key, "series") for s in frame["seriesuid"]],
-            "malignant": frame["malignant"].astype("Int8"),
-            "diagnosis_date": [
-                _iso_date(d, date_shift_days(p, key, config.date_shift_max_days))
-                if isinstance(d, str)
-                else None
-                for p, d in zip(frame["person_id"], frame["diagnosis_date"], strict=True)
-            ],
-        }
-    )
-    return out.reindex(columns=LABEL_COLUMNS)

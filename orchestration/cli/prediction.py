@@ -68,16 +68,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     could not be predicted (each such row carries its ``error``).
     """
     from models.onnx_runtime import ModelIntegrityError
-    from serving.predict import (
-        BatchRequest,
-        PredictionError,
-        PredictRequest,
-        parse_date,
-        parse_nodule,
-        predict,
-        predict_batch,
-        resolve_model_path,
-    )
+    from serving.batch import BatchRequest, predict_batch
+    from serving.errors import PredictionError
+    from serving.model import resolve_model_path
+    from serving.predict import PredictRequest, parse_date, parse_nodule, predict
 
     single = (args.dicom, args.nodule, args.patient_id)
     batch = (args.annotations, args.dicom_root)

@@ -29,16 +29,10 @@ from feature_repo.store import online_features, open_store
 from models.onnx_runtime import load_verified_session, predict_onnx
 from orchestration import cli
 from orchestration.params import privacy_config
-from serving.predict import (
-    EhrInput,
-    ModelSpec,
-    PredictionError,
-    age_at_scan_years,
-    crop_nodule,
-    ehr_vector,
-    model_inputs,
-    parse_nodule,
-)
+from serving.errors import PredictionError
+from serving.features import EhrInput, age_at_scan_years, ehr_vector
+from serving.model import ModelSpec
+from serving.predict import crop_nodule, model_inputs, parse_nodule
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = resolve_key(synthetic=True)  # the tiny pipeline's data is the generator's, marked

@@ -1,0 +1,173 @@
+"""`lungjepa predict --annotations CSV --dicom-root DIR`: one prediction per LUNA16 row.
+
+The batch reads like the single case (``serving.predict``: curation's checks, HU conversion
+and crop; the model's verified session; the EHR rules of ``serving.features``) but shares the
+work between rows: the folder's headers are scanned once, each series is decoded once, the
+online store is read once for all patients, and the model runs on the whole batch. A row that
+cannot be predicted gets an ``error`` instead of failing the batch.
+
+Ids in the rows are the hospital's (DICOM SeriesInstanceUID); the results carry the pseudonyms
+curation writes (``cohorts.privacy``). ``predict_batch_loaded`` takes an open session and a
+store opener, so ``serving.service`` can keep both open between requests.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cohorts.dicom import CTVolume, SeriesError
+from cohorts.dicom.scan import scan_dicom_tree
+from cohorts.dicom.series import validate_headers, volume_from_geometry
+from cohorts.privacy import date_shift_days, pseudonymise, shift_date
+from models.onnx_runtime import predict_onnx
+from serving.errors import PredictionError
+from serving.features import (
+    EhrInput,
+    StoreOpener,
+    ehr_vector,
+    online_rows,
+    open_feature_store,
+    row_features,
+)
+from serving.model import ModelSpec, load_model
+from serving.predict import CurationSettings, crop_nodule, model_inputs, parse_date
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """`lungjepa predict --annotations CSV --dicom-root DIR`: one prediction per CSV row."""
+
+    annotations_csv: Path | None
+    dicom_root: Path
+    model_path: Path
+    data_dir: Path
+    feature_repo_dir: Path
+    curation: CurationSettings
+    allow_missing_ehr: bool = False
+    annotations: tuple[dict[str, Any], ...] | None = None  # inline rows, instead of the CSV
+
+
+ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ")
+
+
+def _read_annotation_rows(request: BatchRequest) -> pd.DataFrame:
+    """The batch's rows, from the CSV or given inline; PredictionError names what is wrong."""
+    if request.annotations is not None:
+        where = "annotations"
+        if not all(isinstance(row, dict) for row in request.annotations):
+            raise PredictionError("annotations: expected a list of objects")
+        frame = pd.DataFrame(list(request.annotations))
+    else:
+        where = f"--annotations {request.annotations_csv}"
+        try:
+            frame = pd.read_csv(request.annotations_csv, dtype={"seriesuid": str})  # type: ignore[arg-type]
+        except (OSError, ValueError, pd.errors.ParserError) as exc:
+            raise PredictionError(f"{where}: {exc}") from exc
+    missing = [c for c in ANNOTATION_COLUMNS if c not in frame.columns]
+    if missing:
+        raise PredictionError(f"{where} lacks columns {missing} (LUNA16 format)")
+    coords = frame[["coordX", "coordY", "coordZ"]].apply(pd.to_numeric, errors="coerce")
+    bad = [int(i) for i in coords.index[~np.isfinite(coords.to_numpy(float)).all(axis=1)]]
+    if bad:
+        raise PredictionError(f"{where}: rows {bad[:5]} have coordinates that are not numbers")
+    return frame.assign(seriesuid=frame["seriesuid"].astype(str))
+
+
+def predict_batch(request: BatchRequest) -> list[dict[str, Any]]:
+    """One result per annotation row (LUNA16 CSV), in row order; a bad row gets ``error``.
+
+    Headers are scanned once, each series is decoded once, the online store is read once for
+    all patients, and the model runs on the whole batch.
+    """
+    session, spec = load_model(request.model_path)
+    return predict_batch_loaded(
+        request,
+        session,
+        spec,
+        lambda: open_feature_store(request.data_dir, request.feature_repo_dir),
+    )
+
+
+def predict_batch_loaded(
+    request: BatchRequest, session: Any, spec: ModelSpec, store: StoreOpener
+) -> list[dict[str, Any]]:
+    """``predict_batch`` with the verified session already open and the store behind ``store``."""
+    frame = _read_annotation_rows(request)
+    if not Path(request.dicom_root).is_dir():
+        raise PredictionError(f"DICOM folder not found: {request.dicom_root}")
+    tree = scan_dicom_tree(Path(request.dicom_root))
+    settings = request.curation.for_tree(tree)
+    key = settings.pseudonym_key
+    volumes: dict[str, tuple[CTVolume, dt.date] | str] = {}
+    results: list[dict[str, Any]] = []
+    ready: list[tuple[int, np.ndarray, str, dt.date]] = []
+    for row, rec in enumerate(frame.itertuples(index=False)):
+        uid = str(rec.seriesuid)
+        series_id = pseudonymise(uid, key, "series")
+        xyz = (float(rec.coordX), float(rec.coordY), float(rec.coordZ))
+        results.append({"row": row, "series_id": series_id, "nodule_world_mm": list(xyz)})
+        if uid not in volumes:
+            volumes[uid] = _batch_volume(tree.series.get(uid), settings)
+        loaded = volumes[uid]
+        if isinstance(loaded, str):
+            results[-1]["error"] = loaded
+            continue
+        volume, scan_date = loaded
+        try:
+            crop = crop_nodule(volume, xyz, spec)
+        except PredictionError as exc:
+            results[-1]["error"] = str(exc)
+            continue
+        patient = pseudonymise(volume.patient_id_raw, key, "patient")
+        results[-1].update({"patient_id": patient, "scan_date": scan_date.isoformat()})
+        ready.append((row, crop, patient, scan_date))
+    if not ready:
+        return results
+    online = online_rows(store(), sorted({patient for _, _, patient, _ in ready}))
+    batch: list[tuple[np.ndarray, ...]] = []
+    rows: list[int] = []
+    for row, crop, patient, scan_date in ready:
+        raw = row_features(online[patient])
+        ehr: EhrInput | None = None
+        if raw is not None:
+            ehr = ehr_vector(raw, spec.ehr_feature_names, scan_date, "feast_online")
+        if ehr is None:
+            if not request.allow_missing_ehr:
+                results[row]["error"] = f"unknown patient {patient} (pseudonym): no EHR features"
+                continue
+            ehr = EhrInput({n: 0.0 for n in spec.ehr_feature_names}, False, "none")
+            ehr.warnings.append("no EHR features: predicted with ehr_mask False (imaging only)")
+        results[row].update({"ehr_mask": ehr.available, "warnings": ehr.warnings})
+        batch.append(model_inputs(crop, ehr, spec))
+        rows.append(row)
+    if batch:
+        stacked = tuple(np.concatenate(parts) for parts in zip(*batch, strict=True))
+        probabilities = predict_onnx(session, stacked)
+        for row, p in zip(rows, probabilities, strict=True):
+            results[row]["probability"] = float(p)
+            results[row]["model"] = {"name": spec.name, "version": spec.version}
+    return results
+
+
+def _batch_volume(
+    headers: list | None, settings: CurationSettings
+) -> tuple[CTVolume, dt.date] | str:
+    """A decoded series and its (shifted) date, or the reason it cannot be used."""
+    if not headers:
+        return "series not found under --dicom-root"
+    try:
+        volume = volume_from_geometry(validate_headers(headers, settings.min_slices))
+    except SeriesError as err:
+        return f"not a usable CT series: {err.index_reason}"
+    if not volume.study_date.strip():
+        return "series has no StudyDate"
+    shift = date_shift_days(
+        volume.patient_id_raw, settings.pseudonym_key, settings.date_shift_max_days
+    )
+    return volume, shift_date(parse_date(volume.study_date), shift)

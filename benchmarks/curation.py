@@ -27,7 +27,14 @@ COMMAND = "python -m benchmarks.run --only curation"
 
 
 def _config(workers: int) -> CurationConfig:
-    return CurationConfig(workers=workers, min_slices=8, crop_size_vox=16)
+    return CurationConfig(
+        crop_size_vox=16,
+        crop_spacing_mm=1.0,
+        min_slices=8,
+        workers=workers,
+        nodule_match_tolerance_mm=10.0,
+        date_shift_max_days=0,
+    )
 
 
 def _floor_one(path: Path) -> int:

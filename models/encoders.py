@@ -36,7 +36,10 @@ PATCH_STEMS: tuple[str, ...] = ("linear", "conv")
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """Sizes of the encoder; mirrored 1:1 by params.yaml `pretrain` (and crop size by `curate`).
+    """Sizes of the encoder. The pipeline builds it in one place, ``models.jepa.config.
+    encoder_config_for``: widths from params.yaml `pretrain` (PretrainConfig), crop size, time
+    points and EHR width from the examples. The defaults here are a standalone architecture for
+    library callers, not params.yaml's values.
 
     crop_size_vox must be a multiple of patch_size_vox. hu_window = (low, high) HU mapped to [0, 1].
     patch_stem: "linear" embeds each patch with one strided convolution (ViT patchify);
@@ -94,23 +97,6 @@ class EncoderConfig:
     def n_tokens(self) -> int:
         """N = max_timepoints * (patches_per_scan + ehr_tokens)."""
         return self.max_timepoints * self.tokens_per_timepoint
-
-    @classmethod
-    def from_params(cls, params: dict, n_ehr_features: int) -> EncoderConfig:
-        """Sizes from a parsed params.yaml: `pretrain` (widths), `curate` (crop), `examples` (T)."""
-        pretrain = params["pretrain"]
-        return cls(
-            n_ehr_features=n_ehr_features,
-            crop_size_vox=int(params["curate"]["crop_size_vox"]),
-            patch_size_vox=int(pretrain["patch_size_vox"]),
-            ehr_tokens=int(pretrain["ehr_tokens"]),
-            max_timepoints=int(params["examples"]["max_timepoints"]),
-            embed_dim=int(pretrain["embed_dim"]),
-            depth=int(pretrain["depth"]),
-            heads=int(pretrain["heads"]),
-            patch_stem=str(pretrain.get("patch_stem", "linear")),
-            stem_width=int(pretrain.get("stem_width", 8)),
-        )
 
     def to_dict(self) -> dict:
         """JSON-ready dict (hu_window as a list)."""

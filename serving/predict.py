@@ -54,8 +54,8 @@ class CurationSettings:
     """
 
     min_slices: int
+    date_shift_max_days: int  # params.yaml privacy: no default, so no caller forgets the shift
     pseudonym_key: bytes | None = field(default=None, repr=False)
-    date_shift_max_days: int = 0
 
     def for_tree(self, tree: ScanResult) -> CurationSettings:
         """These settings with the key resolved for the series found in `tree`."""

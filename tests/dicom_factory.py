@@ -26,6 +26,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from cohorts.dicom import CurationConfig
+
 PHI = {
     "patient_name": "Doe^Janet^Quincy",
     "birth_date": "19470322",
@@ -275,3 +277,17 @@ def _ct_dataset(
     ds.RescaleType = "HU"
     ds.PixelData = stored.tobytes()
     return ds
+
+
+def curation_config(**overrides: object) -> CurationConfig:
+    """A curation config at test sizes (the pipeline's comes from params.yaml ``curate``)."""
+    values: dict[str, object] = {
+        "crop_size_vox": 16,
+        "crop_spacing_mm": 1.0,
+        "min_slices": 8,
+        "workers": 1,
+        "nodule_match_tolerance_mm": 10.0,
+        "date_shift_max_days": 0,
+    }
+    values.update(overrides)
+    return CurationConfig(**values)  # type: ignore[arg-type]

@@ -104,15 +104,16 @@ CURATION_VERSION = (
 
 @dataclass(frozen=True)
 class CurationConfig:
-    """Curation knobs, mirrored 1:1 by ``params.yaml`` section ``curate``."""
+    """Curation knobs: the fields of params.yaml ``curate`` (values from there, no defaults
+    here to disagree with them) and the date shift of params.yaml ``privacy``."""
 
-    crop_size_vox: int = 32
-    crop_spacing_mm: float = 1.0
-    min_slices: int = 16
-    workers: int = 2
-    pseudonym_key: bytes | None = None  # None: cohorts/privacy.py resolve_key, per cohort
-    date_shift_max_days: int = 0  # cohorts/privacy.py PrivacyConfig (params.yaml privacy)
-    nodule_match_tolerance_mm: float = 10.0
+    crop_size_vox: int
+    crop_spacing_mm: float
+    min_slices: int
+    workers: int
+    nodule_match_tolerance_mm: float
+    date_shift_max_days: int  # cohorts/privacy.py PrivacyConfig (params.yaml privacy)
+    pseudonym_key: bytes | None = None  # not a setting: cohorts/privacy.py resolve_key, per cohort
 
     @classmethod
     def from_params(cls, section: Mapping[str, Any], privacy: PrivacyConfig) -> CurationConfig:

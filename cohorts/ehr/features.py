@@ -115,7 +115,8 @@ def build_feature_tables(
     signatures: ClinicalSignatures,
     lookback_days: int,
     as_of: dt.date | None = None,
-    date_shift_max_days: int = 0,
+    *,
+    date_shift_max_days: int,
 ) -> CohortFeatures:
     """Read one cohort's OMOP export and build the three feature-view tables.
 

@@ -41,15 +41,17 @@ VISITS = "n_visits_lookback"
 
 @dataclass(frozen=True)
 class QualityThresholds:
-    """Plausible ranges; mirrored 1:1 by params.yaml ``quality`` (+ ``curate`` sizes)."""
+    """Plausible ranges: the fields of params.yaml ``quality`` (``from_params``); the curation
+    sizes the checks compare against (``min_slices``, ``crop_size_vox``) have no default, since
+    they must be the curation's own (params.yaml ``curate``)."""
 
+    min_slices: int
+    crop_size_vox: int
     spacing_mm: tuple[float, float] = (0.2, 10.0)
-    min_slices: int = 16
     max_slices: int = 2000
     orientation_max_offdiag: float = 0.5
     lung_hu_median: tuple[float, float] = (-950.0, -600.0)
     lung_fraction: tuple[float, float] = (0.05, 0.8)
-    crop_size_vox: int = 32
     hu_range: tuple[float, float] = (-1024.0, 3071.0)
     age_years: tuple[float, float] = (18.0, 110.0)
     pack_years: tuple[float, float] = (0.0, 200.0)

@@ -8,6 +8,7 @@ from typing import Any
 
 import dagster as dg
 import pandas as pd
+from pydantic import Field
 
 from cohorts.batches import manifest_summary, read_manifests
 from cohorts.example_set import load_examples
@@ -26,7 +27,6 @@ from models.figures import plot_label_efficiency, plot_reliability, plot_roc
 from models.finetune import FinetuneConfig, save_model
 from models.jepa.versioning import data_hash
 from models.protocol import (
-    JepaRecipe,
     ProtocolConfig,
     evaluate_predictions,
     label_efficiency_frame,
@@ -41,6 +41,7 @@ from models.reporting import (
 )
 from orchestration.assets.instrument import INSTRUMENT_JSON
 from orchestration.assets.training import jepa_encoder
+from orchestration.configs import config_class, domain_values
 from orchestration.dvc_versions import dvc_metadata
 from orchestration.lineage import ENCODERS, MODELS, built_on
 from orchestration.metadata import flat_numbers, image_markdown, markdown_table
@@ -52,47 +53,32 @@ _FINETUNE = section("finetune")
 _EVALUATE = section("evaluate")
 
 
-class DiagnosticConfig(dg.Config):
-    """params.yaml `finetune` (+ the fold seed and reader error from `evaluate`)."""
+ReaderErrorConfig = config_class("ReaderErrorConfig", ReaderError, _EVALUATE["reader"])
 
-    epochs: int = _FINETUNE["epochs"]
-    batch_size: int = _FINETUNE["batch_size"]
-    lr: float = _FINETUNE["lr"]
-    weight_decay: float = _FINETUNE["weight_decay"]
-    patience: int = _FINETUNE["patience"]
-    select_on: str = _FINETUNE["select_on"]
-    seeds: list[int] = _FINETUNE["seeds"]
-    folds: int = _FINETUNE["folds"]
-    repeats: int = _FINETUNE["repeats"]
-    val_fraction: float = _FINETUNE["val_fraction"]
-    readout: str = _FINETUNE["readout"]
-    label_fractions: list[float] = _FINETUNE["label_fractions"]
-    label_efficiency_models: list[str] = _FINETUNE["label_efficiency_models"]
-    jepa: dict[str, float] = _FINETUNE["jepa"]
-    split_seed: int = _EVALUATE["seed"]
-    reader: dict[str, float] = _EVALUATE["reader"]
+
+class _DiagnosticRun(dg.Config):
+    """params.yaml `finetune` (fields built from FinetuneConfig and ProtocolConfig,
+    orchestration/configs.py), plus the fold seed and the reader error of `evaluate`."""
+
+    split_seed: int = Field(
+        default=_EVALUATE["seed"], description="params.yaml evaluate.seed: folds and reader draws"
+    )
+    reader: ReaderErrorConfig = ReaderErrorConfig()  # type: ignore[valid-type]
 
     def domain(self) -> ProtocolConfig:
+        values = self.model_dump()
         return ProtocolConfig(
-            finetune=FinetuneConfig(
-                epochs=self.epochs,
-                batch_size=self.batch_size,
-                lr=self.lr,
-                weight_decay=self.weight_decay,
-                patience=self.patience,
-                select_on=self.select_on,
+            finetune=FinetuneConfig(**domain_values(FinetuneConfig, values)),
+            **domain_values(ProtocolConfig, {k: v for k, v in values.items() if k != "reader"}),
+            reader=ReaderError(
+                **domain_values(ReaderError, values["reader"]), seed=self.split_seed
             ),
-            seeds=tuple(self.seeds),
-            folds=self.folds,
-            repeats=self.repeats,
-            val_fraction=self.val_fraction,
-            readout=self.readout,
-            label_fractions=tuple(self.label_fractions),
-            label_efficiency_models=tuple(self.label_efficiency_models),
-            split_seed=self.split_seed,
-            jepa=JepaRecipe(**self.jepa),
-            reader=ReaderError(**self.reader, seed=self.split_seed),
         )
+
+
+DiagnosticConfig = config_class(
+    "DiagnosticConfig", (FinetuneConfig, ProtocolConfig), _FINETUNE, _DiagnosticRun
+)
 
 
 @dg.asset(

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-from dicom_factory import PHI, write_ct_series
+from dicom_factory import PHI, curation_config, write_ct_series
 from pydicom.data import get_testdata_file
 from system_tools import require_tool
 
@@ -41,9 +41,7 @@ DICOMDIR_TESTS = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomd
 
 
 def config(**overrides: object) -> CurationConfig:
-    base = {"min_slices": 8, "workers": 1, "pseudonym_key": KEY, "crop_size_vox": 16}
-    base.update(overrides)
-    return CurationConfig(**base)  # type: ignore[arg-type]
+    return curation_config(**{"pseudonym_key": KEY, **overrides})
 
 
 def sid(series_uid: str) -> str:

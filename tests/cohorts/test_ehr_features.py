@@ -156,7 +156,7 @@ def test_covariates_follow_documented_rules(tmp_path: Path) -> None:
     )
     lookback = 365
     tables = build_feature_tables(
-        ehr, "internal", KEY, _fitted_dummy(), lookback, as_of=AS_OF
+        ehr, "internal", KEY, _fitted_dummy(), lookback, as_of=AS_OF, date_shift_max_days=0
     ).tables
     hist = tables[CLINICAL_HISTORY].set_index(tables[CLINICAL_HISTORY]["event_timestamp"].dt.date)
     assert hist.loc[dt.date(2010, 1, 1), ["smoking_current", "smoking_former"]].tolist() == [1, 0]
@@ -222,7 +222,9 @@ def test_signatures_fit_on_archive_apply_unchanged(tmp_path: Path) -> None:
         assert data["unmixing"].shape == (4, len(signatures.vocabulary))
 
     before = loaded.unmixing_.copy()
-    built = build_feature_tables(internal, "internal", KEY, loaded, 730, as_of=AS_OF)
+    built = build_feature_tables(
+        internal, "internal", KEY, loaded, 730, as_of=AS_OF, date_shift_max_days=0
+    )
     np.testing.assert_array_equal(loaded.unmixing_, before)  # applied, not refitted
     assert built.quality["unseen_code_groups"] == 1
     assert built.quality["unseen_code_entries"] > 0
@@ -276,7 +278,9 @@ def test_date_shift_moves_every_timestamp_of_a_patient_and_no_value(tmp_path: Pa
         },
     )
     signatures = _fitted_dummy()
-    plain = build_feature_tables(ehr, "internal", KEY, signatures, 365, as_of=AS_OF)
+    plain = build_feature_tables(
+        ehr, "internal", KEY, signatures, 365, as_of=AS_OF, date_shift_max_days=0
+    )
     moved = build_feature_tables(
         ehr, "internal", KEY, signatures, 365, as_of=AS_OF, date_shift_max_days=365
     )
@@ -299,7 +303,9 @@ def test_date_shift_moves_every_timestamp_of_a_patient_and_no_value(tmp_path: Pa
 
 def test_person_without_events_has_demographics_only(tmp_path: Path) -> None:
     ehr = write_ehr(tmp_path / "ehr", {"person": ["Q,M,1949,1,1,,1"]})
-    built = build_feature_tables(ehr, "external", KEY, _fitted_dummy(), 365, as_of=AS_OF)
+    built = build_feature_tables(
+        ehr, "external", KEY, _fitted_dummy(), 365, as_of=AS_OF, date_shift_max_days=0
+    )
     assert len(built.tables[DEMOGRAPHICS]) == 1
     for view in (CLINICAL_HISTORY, CLINICAL_SIGNATURES):
         table = built.tables[view]

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from dicom_factory import PHI, write_ct_series
+from dicom_factory import PHI, curation_config, write_ct_series
 
-from cohorts.dicom import CurationConfig, curate_cohort
+from cohorts.dicom import curate_cohort
 from cohorts.privacy import (
     DEMO_KEY,
     KEY_FILE_ENV,
@@ -84,7 +84,7 @@ def test_curated_real_input_cannot_be_recomputed_with_the_demo_key(
     key_file: Path, tmp_path: Path
 ) -> None:
     raw, _ = _real_export(tmp_path / "raw")
-    config = CurationConfig(min_slices=8, workers=1, crop_size_vox=16)  # no key given
+    config = curation_config()  # no key given
     summary = curate_cohort(raw, tmp_path / "out", config, progress=False)
     index = pd.read_parquet(tmp_path / "out" / "index.parquet")
     assert summary.accepted == 1 and summary.synthetic is False
@@ -100,7 +100,7 @@ def test_generator_output_keeps_the_demo_key_but_a_marker_over_real_files_is_ref
 ) -> None:
     generate_archive(tmp_path / "synth", preset_config("tiny", seed=5, workers=1), progress=False)
     cohort = tmp_path / "synth" / "internal"
-    config = CurationConfig(min_slices=8, workers=1, crop_size_vox=16)
+    config = curation_config()
     summary = curate_cohort(cohort, tmp_path / "out", config, progress=False)
     assert summary.synthetic is True
     assert summary.key_fingerprint == key_fingerprint(DEMO_KEY.encode())

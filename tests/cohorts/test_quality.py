@@ -115,13 +115,15 @@ def test_implausible_lung_hu_and_oblique_orientation_fail() -> None:
 
 
 def test_real_curated_synthetic_archive_passes_lung_and_orientation(tmp_path: Path) -> None:
-    from cohorts.dicom.curate import CurationConfig, curate_cohort
+    from dicom_factory import curation_config
+
+    from cohorts.dicom.curate import curate_cohort
     from cohorts.synthetic import generate_archive, preset_config
 
     small = dict(n_archive=2, n_internal=3, n_external=2, workers=1)
     generate_archive(tmp_path / "raw", preset_config("tiny", seed=3, **small), progress=False)
     out = tmp_path / "curated"
-    cfg = CurationConfig(min_slices=T.min_slices, workers=1, crop_size_vox=T.crop_size_vox)
+    cfg = curation_config(min_slices=T.min_slices, crop_size_vox=T.crop_size_vox)
     curate_cohort(tmp_path / "raw" / "internal", out, cfg, progress=False)
     index = pd.read_parquet(out / "index.parquet")
     assert (index["status"] == "ok").any()
@@ -148,7 +150,7 @@ def test_crop_suite_catches_wrong_shape_and_hu_out_of_range() -> None:
     crops[2, 1, 0, 0, 0] = 5000
     result = validate_crops(crop_statistics(crops, mask, ids), T, "crops")
     assert "expect_column_values_to_be_between(hu_max)" in failed_names(result)
-    wrong = QualityThresholds(crop_size_vox=16)
+    wrong = QualityThresholds(min_slices=8, crop_size_vox=16)
     assert "expect_column_values_to_be_between(shape_z)" in failed_names(
         validate_crops(stats, wrong, "crops")
     )

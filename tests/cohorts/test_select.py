@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-from dicom_factory import PHI, write_ct_series
+from dicom_factory import PHI, curation_config, write_ct_series
 
-from cohorts.dicom import CurationConfig, curate_cohort
+from cohorts.dicom import curate_cohort
 from cohorts.dicom.select import StudySelection, candidate_order, first_decodable
 from cohorts.dicom.series import SeriesError
 from cohorts.privacy import pseudonymise
@@ -96,14 +96,16 @@ def test_training_and_serving_choose_the_same_series_of_a_tie(tmp_path: Path) ->
     curate_cohort(
         tmp_path / "raw",
         out,
-        CurationConfig(
-            crop_size_vox=8, crop_spacing_mm=1.0, min_slices=8, workers=1, pseudonym_key=KEY
-        ),
+        curation_config(crop_size_vox=8, pseudonym_key=KEY),
         progress=False,
     )
     index = pd.read_parquet(out / "index.parquet").set_index("series_id")
     chosen_in_training = index.index[index["status"] == "ok"].tolist()
     assert chosen_in_training == [pseudonymise(raw_second, KEY, "series")]
 
-    scan = read_scan(dicom, PHI["patient_id"], CurationSettings(min_slices=8, pseudonym_key=KEY))
+    scan = read_scan(
+        dicom,
+        PHI["patient_id"],
+        CurationSettings(min_slices=8, date_shift_max_days=0, pseudonym_key=KEY),
+    )
     assert pseudonymise(scan.volume.series_uid, KEY, "series") == chosen_in_training[0]

@@ -64,7 +64,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("feast")
     signatures = fit_signatures(archive_ehr(root / "archive"), N_SIG, LOOKBACK, as_of=AS_OF)
     internal_dir = write_ehr(root / "internal", INTERNAL)
-    built = build_feature_tables(internal_dir, "internal", KEY, signatures, LOOKBACK, as_of=AS_OF)
+    built = build_feature_tables(
+        internal_dir, "internal", KEY, signatures, LOOKBACK, as_of=AS_OF, date_shift_max_days=0
+    )
     data_dir = root / "data"
     write_sources(combine_cohorts([built]), data_dir)
     store = open_store(REPO_DIR, data_dir)
@@ -88,7 +90,13 @@ def _mid_year(year: int) -> int:
 def _truncated_features(world: dict, as_of: dt.date) -> CohortFeatures:
     """The same cohort built from only the events up to ``as_of`` (the ground truth)."""
     return build_feature_tables(
-        world["internal_dir"], "internal", KEY, world["signatures"], LOOKBACK, as_of=as_of
+        world["internal_dir"],
+        "internal",
+        KEY,
+        world["signatures"],
+        LOOKBACK,
+        as_of=as_of,
+        date_shift_max_days=0,
     )
 
 

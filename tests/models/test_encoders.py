@@ -19,6 +19,7 @@ from models.encoders import (
     load_encoder,
     save_encoder,
 )
+from models.jepa.config import PretrainConfig, encoder_config_for
 
 N_EHR = 6
 CONFIG = EncoderConfig(n_ehr_features=N_EHR, crop_size_vox=16, embed_dim=32, depth=2, heads=4)
@@ -67,7 +68,10 @@ def test_layout_orders_time_then_patches_then_ehr() -> None:
         assert layout.modality[block].tolist() == [IMAGE] * p + [EHR] * e
         assert layout.patch_index[block].tolist() == list(range(p)) + list(range(e))
     params = yaml.safe_load((Path(__file__).parents[2] / "params.yaml").read_text())
-    default = EncoderConfig.from_params(params, n_ehr_features=12)
+    examples = random_examples(
+        2, params["examples"]["max_timepoints"], params["curate"]["crop_size_vox"], n_ehr=12
+    )
+    default = encoder_config_for(examples, PretrainConfig.from_dict(params["pretrain"]))
     grid = params["curate"]["crop_size_vox"] // params["pretrain"]["patch_size_vox"]
     expected = params["examples"]["max_timepoints"] * (grid**3 + params["pretrain"]["ehr_tokens"])
     assert default.n_tokens == expected

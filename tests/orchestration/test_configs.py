@@ -79,3 +79,28 @@ def test_a_crop_spacing_override_reaches_every_consumer(tmp_path) -> None:
         p.key: p.value for p in onnx.load(models / "onnx" / "jepa" / "model.onnx").metadata_props
     }
     assert float(meta["crop_spacing_mm"]) == spacing
+
+
+def test_diagnostic_config_is_params_yaml_finetune_built_from_its_dataclasses() -> None:
+    """Each finetune setting is declared once in params.yaml and once in its dataclass
+    (FinetuneConfig, ProtocolConfig, JepaRecipe); the run config is built from the two."""
+    from models.baselines import ReaderError
+    from models.finetune import FinetuneConfig
+    from models.protocol import JepaRecipe
+    from orchestration.assets.evaluation import DiagnosticConfig
+
+    finetune, evaluate = section("finetune"), section("evaluate")
+    assert set(DiagnosticConfig.model_fields) == {*finetune, "split_seed", "reader"}
+    protocol = DiagnosticConfig().domain()
+    assert protocol.finetune == FinetuneConfig(
+        **{k: v for k, v in finetune.items() if k in FinetuneConfig.__dataclass_fields__}
+    )
+    assert protocol.jepa == JepaRecipe(**finetune["jepa"])
+    assert protocol.seeds == tuple(finetune["seeds"]) and protocol.folds == finetune["folds"]
+    assert protocol.reader == ReaderError(**evaluate["reader"], seed=evaluate["seed"])
+    override = DiagnosticConfig(
+        epochs=2, jepa={"probe_epochs": 1, "lr": 0.1, "encoder_lr_scale": 1.0}
+    )
+    assert override.domain().finetune.epochs == 2 and override.domain().jepa.probe_epochs == 1
+    with pytest.raises(Exception, match="probe_epochs"):
+        DiagnosticConfig(jepa={"probe_epochs": "many", "lr": 0.1, "encoder_lr_scale": 1.0})

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from dicom_factory import write_ct_series
+from dicom_factory import curation_config, write_ct_series
 from safetensors.torch import load_file
 
 from cohorts.dicom import CurationConfig, curate_cohort
@@ -40,16 +40,18 @@ CURATE_CHILD = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
-    from cohorts.dicom import CurationConfig, curate_cohort
-    config = CurationConfig(min_slices=8, workers=1, crop_size_vox=16, pseudonym_key=b"{key}")
+    from cohorts.dicom import curate_cohort
+    sys.path.insert(0, {tests!r})
+    from dicom_factory import curation_config
+    config = curation_config(pseudonym_key=b"{key}")
     summary = curate_cohort(Path(sys.argv[1]), Path(sys.argv[2]), config, progress=False)
     print(json.dumps(summary.to_dict()))
     """
-).format(key=KEY)
+).format(key=KEY, tests=str(Path(__file__).parents[1]))
 
 
 def config() -> CurationConfig:
-    return CurationConfig(min_slices=8, workers=1, crop_size_vox=16, pseudonym_key=KEY.encode())
+    return curation_config(pseudonym_key=KEY.encode())
 
 
 def child_env() -> dict[str, str]:

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from dicom_factory import curation_config as test_curation_config
 from dicom_factory import write_ct_series
 from pydicom import config as pydicom_config
 
@@ -83,7 +84,7 @@ class Archive:
 
 
 def curation_config(workers: int = 1) -> CurationConfig:
-    return CurationConfig(min_slices=8, workers=workers, pseudonym_key=KEY, crop_size_vox=8)
+    return test_curation_config(workers=workers, pseudonym_key=KEY, crop_size_vox=8)
 
 
 @pytest.fixture(scope="module")

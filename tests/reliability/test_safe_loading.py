@@ -21,10 +21,10 @@ import onnx
 import pandas as pd
 import pytest
 import torch
-from dicom_factory import write_ct_series
+from dicom_factory import curation_config, write_ct_series
 from onnx import TensorProto, helper
 
-from cohorts.dicom import CurationConfig, curate_cohort
+from cohorts.dicom import curate_cohort
 from models.finetune import load_model
 from models.jepa.checkpoint import load_checkpoint, save_checkpoint
 from models.onnx_runtime import ModelIntegrityError, load_verified_session, sha256_file
@@ -182,9 +182,7 @@ def test_hostile_ids_never_write_outside_the_curated_folder(tmp_path: Path) -> N
         }
     ).to_csv(raw / "labels.csv", index=False)
     before = {p for p in tmp_path.rglob("*") if p.is_file()}
-    summary = curate_cohort(
-        raw, out, CurationConfig(min_slices=8, workers=1, crop_size_vox=8), progress=False
-    )
+    summary = curate_cohort(raw, out, curation_config(crop_size_vox=8), progress=False)
     assert summary.accepted == 1 and summary.nodules == 1 and spec.series_uid == hostile
     assert {p for p in tmp_path.rglob("*") if p.is_file() and not p.is_relative_to(out)} == before
     index = pd.read_parquet(out / "index.parquet")

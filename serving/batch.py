@@ -102,7 +102,7 @@ def predict_batch_loaded(
     if not Path(request.dicom_root).is_dir():
         raise PredictionError(f"DICOM folder not found: {request.dicom_root}")
     tree = scan_dicom_tree(Path(request.dicom_root))
-    settings = request.curation.for_tree(tree)
+    settings = request.curation.for_model(spec).for_tree(tree)
     key = settings.pseudonym_key
     volumes: dict[str, tuple[CTVolume, dt.date] | str] = {}
     results: list[dict[str, Any]] = []
@@ -129,7 +129,9 @@ def predict_batch_loaded(
         ready.append((row, crop, patient, scan_date))
     if not ready:
         return results
-    online = online_rows(store(), sorted({patient for _, _, patient, _ in ready}))
+    mismatch = spec.key_mismatch(key)
+    patients = sorted({patient for _, _, patient, _ in ready})
+    online = {p: {} for p in patients} if mismatch else online_rows(store(), patients)
     batch: list[tuple[np.ndarray, ...]] = []
     rows: list[int] = []
     for row, crop, patient, scan_date in ready:
@@ -139,7 +141,8 @@ def predict_batch_loaded(
             ehr = ehr_vector(raw, spec.ehr_feature_names, scan_date, "feast_online")
         if ehr is None:
             if not request.allow_missing_ehr:
-                results[row]["error"] = f"unknown patient {patient} (pseudonym): no EHR features"
+                why = mismatch or "no EHR features"
+                results[row]["error"] = f"unknown patient {patient} (pseudonym): {why}"
                 continue
             ehr = EhrInput({n: 0.0 for n in spec.ehr_feature_names}, False, "none")
             ehr.warnings.append("no EHR features: predicted with ehr_mask False (imaging only)")

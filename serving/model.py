@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cohorts.privacy import key_fingerprint
 from models.onnx_runtime import load_verified_session
 from serving.errors import PredictionError
 
@@ -34,6 +35,28 @@ class ModelSpec:
     crop_spacing_mm: float
     max_timepoints: int
     ehr_feature_names: tuple[str, ...]
+    # How the training cohorts' ids and dates were made (cohorts/privacy.py), never the key:
+    # the fingerprints of the keys they were pseudonymised with, and their date shift.
+    # Empty / None for a model exported before these travelled with it.
+    key_fingerprints: tuple[str, ...] = ()
+    date_shift_max_days: int | None = None
+
+    def key_mismatch(self, key: bytes) -> str | None:
+        """Why the feature store cannot know ids pseudonymised with ``key``, or None.
+
+        The store holds the training cohorts' pseudonyms; ids made with another key (another
+        installation's, or the private key on data the model's cohorts got the demo key for)
+        never match them, so a lookup would only say "unknown patient".
+        """
+        fingerprint = key_fingerprint(key)
+        if not self.key_fingerprints or fingerprint in self.key_fingerprints:
+            return None
+        return (
+            f"this folder's ids are pseudonymised with key {fingerprint}, the model "
+            f"{self.version}'s cohorts with {sorted(set(self.key_fingerprints))}, so the feature "
+            "store cannot know this patient (use the curation's key: LUNGJEPA_PSEUDONYM_KEY or "
+            "LUNGJEPA_KEY_FILE)"
+        )
 
 
 def resolve_model_path(model: str | None, artifacts_dir: Path) -> Path:
@@ -90,5 +113,11 @@ def load_model(onnx_path: Path) -> tuple[Any, ModelSpec]:
         crop_spacing_mm=float(meta["crop_spacing_mm"]),
         max_timepoints=int(meta["max_timepoints"]),
         ehr_feature_names=tuple(json.loads(meta["ehr_feature_names"])),
+        key_fingerprints=tuple(
+            sorted({f for f in json.loads(meta.get("key_fingerprints", "{}")).values() if f})
+        ),
+        date_shift_max_days=(
+            int(meta["date_shift_max_days"]) if "date_shift_max_days" in meta else None
+        ),
     )
     return session, spec

@@ -57,6 +57,13 @@ class CurationSettings:
     date_shift_max_days: int  # params.yaml privacy: no default, so no caller forgets the shift
     pseudonym_key: bytes | None = field(default=None, repr=False)
 
+    def for_model(self, spec: ModelSpec) -> CurationSettings:
+        """These settings with the date shift the model's training cohorts were made with (it
+        travels in the ONNX metadata): a scan's shifted date must be shifted as theirs were."""
+        if spec.date_shift_max_days is None:
+            return self
+        return replace(self, date_shift_max_days=spec.date_shift_max_days)
+
     def for_tree(self, tree: ScanResult) -> CurationSettings:
         """These settings with the key resolved for the series found in `tree`."""
         if self.pseudonym_key is not None:
@@ -250,27 +257,32 @@ def predict_loaded(
     request: PredictRequest, session: Any, spec: ModelSpec, store: StoreOpener
 ) -> dict[str, Any]:
     """``predict`` with the verified session already open and the store behind ``store``."""
-    scan = read_scan(request.dicom_dir, request.patient_id, request.curation, request.at)
+    curation = request.curation.for_model(spec)
+    scan = read_scan(request.dicom_dir, request.patient_id, curation, request.at)
     key = scan.pseudonym_key
     patient = pseudonymise(request.patient_id, key, "patient")
     crop = crop_nodule(scan.volume, request.nodule_xyz_mm, spec)
     warnings = list(scan.warnings)
     names = spec.ehr_feature_names
+    mismatch: str | None = None
     if request.features is not None:
         ehr: EhrInput | None = mapping_ehr(
             request.features, names, scan.scan_date, scan.date_shift_days, "features"
         )
     elif request.features_json is not None:
         ehr = json_ehr(request.features_json, names, scan.scan_date, scan.date_shift_days)
+    elif (mismatch := spec.key_mismatch(key)) is not None:
+        ehr = None
     else:
         ehr = online_ehr(store(), patient, names, scan.scan_date)
     if ehr is None:
+        why = mismatch or "no EHR features in the online store"
         if not request.allow_missing_ehr:
             raise PredictionError(
-                f"unknown patient {patient} (pseudonym): no EHR features in the online store; "
-                "pass --features-json FILE, or --allow-missing-ehr to predict from imaging alone"
+                f"unknown patient {patient} (pseudonym): {why}; pass --features-json FILE, or "
+                "--allow-missing-ehr to predict from imaging alone"
             )
-        ehr = EhrInput({n: 0.0 for n in names}, False, "none")
+        ehr = EhrInput({n: 0.0 for n in names}, False, "none", [mismatch] if mismatch else [])
     if not ehr.available:
         warnings.append("no EHR features: predicted with ehr_mask False (imaging only)")
     elif ehr.source == "feast_online" and request.at is not None:

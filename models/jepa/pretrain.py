@@ -1,7 +1,7 @@
-"""Multimodal JEPA pretraining loop and its torchrun CLI.
+"""Multimodal JEPA pretraining loop (its torchrun CLI: models/jepa/cli.py).
 
-    python -m models.jepa.pretrain --examples data/examples/archive.npz --out DIR [flags]
-    torchrun --nproc_per_node 2 -m models.jepa.pretrain --examples X.npz --out DIR
+    python -m models.jepa.cli --examples data/examples/archive.npz --out DIR [flags]
+    torchrun --nproc_per_node 2 -m models.jepa.cli --examples X.npz --out DIR
 
 One step: draw context/target masks (deterministic in seed, step, rank) -> target encoder on
 the full input, layer-normalised, stop-gradient -> context encoder on the context tokens ->
@@ -13,22 +13,19 @@ steps; a rerun with the same out_dir resumes from it (same weights, optimiser, R
 order and masks as an uninterrupted run). The artifact is the target encoder (as in I-JEPA):
 out_dir/encoder.safetensors + out_dir/card.json.
 
-Size: about 530 lines because the loop with resume, warm start, the card and the torchrun
-CLI live together; the knobs are models/jepa/config.py, the single step step.py, the version
-versioning.py and the curves curves.py. The CLI (a third of the file) is the next to move.
+The knobs are models/jepa/config.py, the single step step.py, the version versioning.py,
+the curves curves.py and the command line cli.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
-import os
 import random
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from cohorts.example_set import FIELDS, ExampleSet, load_examples
+from cohorts.example_set import FIELDS, ExampleSet
 from cohorts.files import atomic_write_text
 from models.data import example_tensors
 from models.encoders import MultimodalEncoder, load_encoder, save_encoder
@@ -438,94 +435,3 @@ def _pretrain(
         weights_digest=digest,
         history=history,
     )
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m models.jepa.pretrain", description="Multimodal JEPA pretraining"
-    )
-    parser.add_argument("--examples", type=Path, required=True, help="examples .npz")
-    parser.add_argument("--out", type=Path, required=True, help="output / checkpoint directory")
-    parser.add_argument("--params", type=Path, help="params.yaml: its `pretrain` section")
-    parser.add_argument("--config", help="JSON object or path to a JSON file (PretrainConfig)")
-    parser.add_argument("--probe-train", type=Path, help="labeled examples .npz for the probe")
-    parser.add_argument("--probe-test", type=Path, help="labeled examples .npz for the probe")
-    parser.add_argument(
-        "--inputs", help="JSON object the card records as the examples' provenance (`inputs`)"
-    )
-    parser.add_argument("--init-encoder", type=Path, help="encoder.safetensors to warm-start from")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument(
-        "--rank-digest",
-        action="store_true",
-        help="each rank writes OUT/rank_digests/rank<r>.sha256 of its final weights",
-    )
-    for f in dataclasses.fields(PretrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default
-        if isinstance(default, bool):
-            parser.add_argument(flag, dest=f.name, type=_parse_bool, default=None)
-        elif isinstance(default, tuple):
-            parser.add_argument(flag, dest=f.name, type=float, nargs=len(default), default=None)
-        else:
-            parser.add_argument(flag, dest=f.name, type=type(default), default=None)
-    return parser
-
-
-def _parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"not a boolean: {text!r}")
-
-
-def config_from_args(args: argparse.Namespace) -> PretrainConfig:
-    """Defaults < params.yaml `pretrain` < --config JSON < individual flags."""
-    config = PretrainConfig()
-    if args.params is not None:
-        import yaml
-
-        with open(args.params) as handle:
-            config = PretrainConfig.from_dict(yaml.safe_load(handle)["pretrain"], config)
-    if args.config:
-        text = args.config
-        if not text.lstrip().startswith("{"):
-            text = Path(text).read_text()
-        config = PretrainConfig.from_dict(json.loads(text), config)
-    flags = {
-        f.name: getattr(args, f.name)
-        for f in dataclasses.fields(PretrainConfig)
-        if getattr(args, f.name) is not None
-    }
-    return PretrainConfig.from_dict(flags, config)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point (single process or one torchrun rank)."""
-    args = _parser().parse_args(argv)
-    config = config_from_args(args)
-    probe_sets = None
-    if (args.probe_train is None) != (args.probe_test is None):
-        raise SystemExit("--probe-train and --probe-test go together")
-    if args.probe_train is not None:
-        probe_sets = (load_examples(args.probe_train), load_examples(args.probe_test))
-    result = pretrain(
-        load_examples(args.examples),
-        args.out,
-        config,
-        progress=not args.no_progress,
-        probe_sets=probe_sets,
-        inputs=json.loads(args.inputs) if args.inputs else None,
-        init_encoder=args.init_encoder,
-    )
-    rank = int(os.environ.get("RANK", "0"))
-    if args.rank_digest:
-        atomic_write_text(args.out / "rank_digests" / f"rank{rank}.sha256", result.weights_digest)
-    if rank == 0:
-        print(json.dumps(result.summary(), sort_keys=True))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

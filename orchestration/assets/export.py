@@ -33,6 +33,15 @@ class ExportConfig(dg.Config):
     parity_tolerance: float = _EXPORT["parity_tolerance"]
 
 
+def date_shift_metadata(records: dict[str, dict]) -> dict[str, str]:
+    """The training cohorts' date shift (params.yaml privacy when they were curated), for
+    serving to shift a new scan's date alike; {} when older cohorts did not record it."""
+    shifts = {r.get("date_shift_max_days") for r in records.values()} - {None}
+    if len(shifts) > 1:
+        raise dg.Failure(f"the cohorts were date-shifted differently ({sorted(shifts)} days)")
+    return {"date_shift_max_days": str(shifts.pop())} if shifts else {}
+
+
 PARITY_CASES = 32
 
 
@@ -85,6 +94,7 @@ def onnx_model(
                 {c: r.get("key_fingerprint") for c, r in card.get("privacy", {}).items()},
                 sort_keys=True,
             ),
+            **date_shift_metadata(card.get("privacy", {})),
         }
         export_onnx(model, example, onnx_path, metadata, opset=config.opset)
         parity = verify_parity(model, onnx_path, inputs, tolerance=config.parity_tolerance)

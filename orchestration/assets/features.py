@@ -95,7 +95,8 @@ def ehr_features(
     atomic_write_json(paths.data / "feast" / KEY_RECORD, records)
     store = feature_store.open()
     feast_store.apply_definitions(store, paths.data, config.ttl_days, config.n_signatures)
-    feast_store.materialize(store, dt.datetime.now(dt.UTC))
+    views = feast_store.materialize(store, dt.datetime.now(dt.UTC))
+    context.log.info(f"online store: materialised {len(views)} feature views {views}")
     quality = {cohort: part.quality for cohort, part in parts.items()}
     context.log.info(f"EHR quality by cohort: {quality}")
     rows = [

@@ -83,7 +83,7 @@ def _run_torchrun(
 
     The asset's whole run happens there (probe and card provenance included), and the asset
     reads back the summary rank 0 prints: pretraining never runs twice, and the artifact is the
-    one `torchrun -m models.jepa.pretrain` makes from the same examples and config.
+    one `torchrun -m models.jepa.cli` makes from the same examples and config.
     --standalone: a free rendezvous port, so two runs on one machine do not collide.
     """
     with tempfile.TemporaryDirectory(prefix="lungjepa-probe-") as tmp:
@@ -92,7 +92,7 @@ def _run_torchrun(
             subset.save(path)
         command = [
             sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={nproc}", "-m", "models.jepa.pretrain",
+            f"--nproc_per_node={nproc}", "-m", "models.jepa.cli",
             "--examples", str(examples), "--out", str(out_dir),
             "--config", json.dumps(config.to_dict()), "--inputs", json.dumps(inputs),
             "--probe-train", str(probe_paths[0]), "--probe-test", str(probe_paths[1]),

@@ -1,7 +1,8 @@
 """JEPA pretraining: masks, EMA, stop-gradient, target-only loss, collapse monitor, training run.
 
-Size: over 450 lines because models/jepa/pretrain.py holds all of these in one module; issue
-18 splits it by concept (masks, EMA, step, run, probes), and these tests move with it.
+Size: over 450 lines: the tests of models/jepa/ (masks.py, ema.py, step.py, pretrain.py,
+probe.py, cli.py) share one set of tiny fixtures here; they split along the modules when one
+of them grows its own.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from torch import nn
 from cohorts.example_set import FIELDS, random_examples
 from models.data import example_tensors
 from models.encoders import EncoderConfig, MultimodalEncoder, load_encoder
+from models.jepa.cli import config_from_args
+from models.jepa.cli import parser as cli_parser
 from models.jepa.config import PretrainConfig, build_encoder
 from models.jepa.ema import (
     ema_update,
@@ -34,7 +37,7 @@ from models.jepa.masks import EHR, IMAGE, MaskConfig, MultimodalMaskGenerator
 from models.jepa.model import MultimodalJEPA, gather_tokens
 from models.jepa.monitor import collapse_stats, effective_rank, embedding_std, is_collapsed
 from models.jepa.predictor import JEPAPredictor
-from models.jepa.pretrain import _parser, config_from_args, monitor_target, pretrain
+from models.jepa.pretrain import monitor_target, pretrain
 from models.jepa.probe import (
     diameter_probe_cv_r2,
     diameter_probe_r2,
@@ -337,7 +340,7 @@ def test_pretrain_config_mirrors_params_yaml() -> None:
     assert config == PretrainConfig()  # defaults are params.yaml's values
     with pytest.raises(ValueError):
         PretrainConfig.from_dict({"epochz": 1})
-    args = _parser().parse_args(
+    args = cli_parser().parse_args(
         [
             "--examples",
             "x.npz",

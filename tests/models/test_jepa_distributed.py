@@ -38,7 +38,7 @@ def _env() -> dict[str, str]:
 def _cli(examples: Path, out: Path, config: dict) -> list[str]:
     return [
         "-m",
-        "models.jepa.pretrain",
+        "models.jepa.cli",
         "--examples",
         str(examples),
         "--out",

@@ -214,6 +214,7 @@ def test_unknown_patient(pipeline: Path, tmp_path: Path, capsys) -> None:
     private = resolve_key(synthetic=False)
     assert f"unknown patient {pseudonymise(UNKNOWN_MRN, private, 'patient')}" in err
     assert pseudonymise(UNKNOWN_MRN, KEY, "patient") not in err  # never the demo key
+    assert "pseudonymised with key" in err  # the model's cohorts got the demo key: say why
     assert UNKNOWN_MRN not in err
 
     code, out, _ = _run(capsys, [*argv, "--allow-missing-ehr"])
@@ -398,3 +399,42 @@ def test_crop_outside_is_a_prediction_error(tmp_path: Path) -> None:
     assert crop_nodule(volume, (0.0, 0.0, 0.0), spec).shape == (8, 8, 8)
     with pytest.raises(PredictionError, match="outside the volume"):
         crop_nodule(volume, (0.0, 0.0, 500.0), spec)
+
+
+def test_the_training_cohorts_key_and_date_shift_travel_with_the_model(tmp_path: Path) -> None:
+    """Serving shifts dates as the model's cohorts were shifted (whatever params.yaml says now)
+    and refuses a store lookup for ids made with a key the cohorts were not pseudonymised with."""
+    from cohorts.privacy import key_fingerprint
+    from serving.predict import CurationSettings
+
+    spec = ModelSpec(
+        onnx_path=tmp_path / "m.onnx", sha256="", name="jepa", version="v1", encoder_version="e",
+        inputs=(), crop_shape_zyx=(8, 8, 8), crop_spacing_mm=1.0, max_timepoints=1,
+        ehr_feature_names=(), key_fingerprints=(key_fingerprint(b"site-key"),),
+        date_shift_max_days=30,
+    )  # fmt: skip
+    settings = CurationSettings(min_slices=8, date_shift_max_days=365)
+    assert settings.for_model(spec).date_shift_max_days == 30
+    older = ModelSpec(**{**spec.__dict__, "date_shift_max_days": None, "key_fingerprints": ()})
+    assert settings.for_model(older).date_shift_max_days == 365  # exported before it travelled
+    assert spec.key_mismatch(b"site-key") is None and older.key_mismatch(b"any-key") is None
+    assert "pseudonymised with key" in spec.key_mismatch(b"another-key")
+
+
+def test_exported_model_carries_its_cohorts_key_and_date_shift(pipeline: Path) -> None:
+    import onnx
+
+    from cohorts.privacy import read_key_record
+
+    production = json.loads((pipeline / "artifacts/models/production.json").read_text())
+    onnx_path = pipeline / "artifacts" / production["models"]["jepa"]
+    meta = {p.key: p.value for p in onnx.load(onnx_path).metadata_props}
+    records = read_key_record(pipeline / "data" / "examples")
+    assert (
+        records
+        and int(meta["date_shift_max_days"])
+        == {r["date_shift_max_days"] for r in records.values()}.pop()
+    )
+    assert json.loads(meta["key_fingerprints"]) == {
+        c: r["key_fingerprint"] for c, r in records.items()
+    }

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import io
 import hashlib
+import io
 import os
 import weakref
 from collections.abc import Mapping

@@ -14,11 +14,15 @@ set the severity (the KS test, which is exact for small samples, still does).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from cohorts.example_set import ExampleSet
+from cohorts.files import atomic_output
 
 OK, WARN, ERROR, SKIPPED = "OK", "WARN", "ERROR", "SKIPPED"
 SEVERITY_RANK = {SKIPPED: 0, OK: 0, WARN: 1, ERROR: 2}
@@ -267,3 +271,36 @@ def ehr_latest(ehr: np.ndarray, ehr_mask: np.ndarray, names: list[str]) -> pd.Da
     values = np.asarray(ehr, dtype=np.float64)[np.arange(len(mask)), last]
     values[~mask.any(axis=1)] = np.nan
     return pd.DataFrame(values, columns=list(names))
+
+
+PROFILE_GROUPS: tuple[str, ...] = ("ehr", "image")
+
+
+def training_profile(examples: ExampleSet) -> dict[str, pd.DataFrame]:
+    """What a model's training patients looked like, per drift group (one row per patient).
+
+    Saved beside each models version, so a later challenger's training data can be compared
+    with its champion's (the promotion gate) after the examples files have moved on.
+    """
+    names = [str(n) for n in examples.ehr_feature_names]
+    return {
+        "ehr": ehr_latest(examples.ehr, examples.ehr_mask, names),
+        "image": image_statistics(examples.crops_hu, examples.scan_mask),
+    }
+
+
+def save_profile(profile: dict[str, pd.DataFrame], folder: Path) -> Path:
+    """``folder/<group>.parquet`` per group, each written atomically."""
+    folder = Path(folder)
+    for group, frame in profile.items():
+        with atomic_output(folder / f"{group}.parquet") as tmp:
+            frame.to_parquet(tmp, index=False)
+    return folder
+
+
+def load_profile(folder: Path) -> dict[str, pd.DataFrame] | None:
+    """The saved profile, or None when the folder lacks a group (a version from before)."""
+    paths = {group: Path(folder) / f"{group}.parquet" for group in PROFILE_GROUPS}
+    if not all(p.is_file() for p in paths.values()):
+        return None
+    return {group: pd.read_parquet(p) for group, p in paths.items()}

@@ -11,9 +11,10 @@ import pandas as pd
 from pydantic import Field
 
 from cohorts.batches import manifest_summary, read_manifests
-from cohorts.example_set import load_examples
+from cohorts.example_set import ExampleSet, load_examples
 from cohorts.files import atomic_output, atomic_write_json, atomic_write_text
 from cohorts.privacy import read_key_record
+from cohorts.quality.drift import save_profile, training_profile
 from models.baselines import ReaderError
 from models.encoders import load_encoder
 from models.evaluation import (
@@ -49,6 +50,7 @@ from orchestration.params import section, storage_root
 from orchestration.resources import PipelinePaths
 from orchestration.study import settings_fingerprint
 
+TRAINING_PROFILE = "training_profile"  # <models version>/training_profile/{ehr,image}.parquet
 _FINETUNE = section("finetune")
 _EVALUATE = section("evaluate")
 
@@ -130,6 +132,10 @@ def diagnostic_models(
     with atomic_output(out / "label_efficiency.parquet") as tmp:
         label_efficiency_frame(result).to_parquet(tmp, index=False)
     atomic_write_json(out / "folds.json", [fold.to_dict() for fold in result.folds])
+    # what the models' training data looked like (archive + internal): the promotion gate
+    # compares a later challenger's with it (orchestration/assets/export.py)
+    archive = load_examples(paths.examples("archive"))
+    save_profile(training_profile(ExampleSet.concat([archive, internal])), out / TRAINING_PROFILE)
     atomic_write_json(out / "card.json", {**card, "per_fold_auc": result.per_fold_auc})
     paths.point_latest("models", version, out)
     rows = [

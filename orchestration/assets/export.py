@@ -8,17 +8,18 @@ import torch
 
 from cohorts.example_set import FIELDS, load_examples
 from cohorts.files import atomic_write_json
+from cohorts.quality.drift import ERROR, DriftThresholds, compare_cohorts, load_profile
 from models.export import export_onnx, record_parity, verify_parity
 from models.figures import plot_promotions
 from models.finetune import load_model
 from models.onnx_runtime import load_verified_session, predict_onnx
 from models.promotion import PromotionConfig, append_log, decide, manual_decision, read_log
 from models.protocol import Ensemble
-from orchestration.assets.evaluation import evaluation
+from orchestration.assets.evaluation import TRAINING_PROFILE, evaluation
 from orchestration.dvc_versions import dvc_md5
 from orchestration.lineage import MODELS, built_on
 from orchestration.metadata import image_markdown, markdown_table
-from orchestration.params import section
+from orchestration.params import params, section
 from orchestration.resources import PipelinePaths
 
 _EXPORT = section("export")
@@ -147,6 +148,31 @@ def _parity_checks(paths: PipelinePaths, exported: dict[str, str]) -> dict[str, 
     }
 
 
+def training_drift(paths: PipelinePaths, champion: str, challenger: str) -> dict | None:
+    """Drift of the challenger's training data against the champion's (their saved profiles).
+
+    A challenger trained on data unlike its champion's (an arrival batch from a new scanner,
+    a coding change in the EHR) may still score well on the frozen set; severity ERROR blocks
+    its promotion until a person looks (and promotes by hand). None when either version has no
+    profile (models built before profiles were saved).
+    """
+    profiles = [
+        load_profile(paths.artifacts / "models" / v / TRAINING_PROFILE)
+        for v in (champion, challenger)
+    ]
+    if profiles[0] is None or profiles[1] is None:
+        return None
+    groups = {g: (profiles[0][g], profiles[1][g]) for g in profiles[0]}
+    result = compare_cohorts(groups, DriftThresholds.from_params(params()))
+    return {
+        "reference": champion,
+        "candidate": challenger,
+        "severity": result.severity,
+        "errors": [f"{f.group}/{f.feature}" for f in result.with_severity(ERROR)],
+        "counts": result.counts(),
+    }
+
+
 def move_production(paths: PipelinePaths, version: str, action: str, reason: str) -> dict:
     """Point production.json at `version` by hand (`promote` / `rollback`), logged like the gate.
 
@@ -209,6 +235,11 @@ def production_model(
     frozen = frozen.subset(frozen.label >= 0)
     inputs = tuple(getattr(frozen, f) for f in FIELDS)
     checks = _parity_checks(paths, exported["models"])
+    drift = None
+    if champion is not None and champion["version"] != version:
+        drift = training_drift(paths, champion["version"], version)
+        if drift is not None:
+            checks["training_drift"] = drift["severity"] != ERROR
     if config.model not in exported["models"]:
         raise ValueError(f"promotion model {config.model!r} was not exported by {version}")
     champion_scores = None
@@ -230,7 +261,7 @@ def production_model(
     )
     if decision.promoted:
         atomic_write_json(pointer_path, {"version": version, "models": exported["models"]})
-    log = log_decision(paths, decision.to_dict())
+    log = log_decision(paths, {**decision.to_dict(), "training_drift": drift})
     in_production = version if decision.promoted else decision.champion
     context.log.info(f"promotion of {version}: {decision.reason}")
     history = [r for r in log if r["promoted"]]
@@ -241,6 +272,9 @@ def production_model(
             "promoted": dg.MetadataValue.bool(decision.promoted),
             "reason": dg.MetadataValue.text(decision.reason),
             "challenger_auc": dg.MetadataValue.float(decision.challenger_auc),
+            "training_drift": dg.MetadataValue.text(
+                "not compared" if drift is None else f"{drift['severity']} {drift['errors']}"
+            ),
             "champion_auc": dg.MetadataValue.float(
                 float("nan") if decision.champion_auc is None else decision.champion_auc
             ),

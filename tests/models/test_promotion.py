@@ -171,3 +171,64 @@ def test_production_model_never_points_at_a_model_that_failed_parity_or_was_alte
     assert "sha256" in str(failure.event_specific_data.error)
     assert not (models / "production.json").exists()
     assert len(read_log(models / "promotions.jsonl")) == 1  # nothing decided on an altered file
+
+
+def test_a_challenger_trained_on_data_unlike_its_champions_is_refused(
+    tiny_pipeline: tuple, tmp_path: Path
+) -> None:
+    """The gate compares the challenger's training data with the champion's (the profiles
+    saved beside each models version): like data passes the check; data whose crops and EHR
+    moved (a new scanner, a coding change) blocks promotion and the log says which features."""
+    import shutil
+
+    import pandas as pd
+
+    from orchestration.definitions import defs
+
+    root = copy_pipeline(tiny_pipeline, tmp_path / "copy")
+    models = root / "artifacts" / "models"
+    production = json.loads((models / "production.json").read_text())
+    challenger = production["version"]
+    assert (models / challenger / "training_profile" / "image.parquet").is_file()
+
+    def champion_copy(name: str, shift: bool) -> None:
+        """A copy of the current models as another version, made the champion."""
+        shutil.copytree(models / challenger, models / name)
+        if shift:  # its training patients' crops were 300 HU denser, their EHR values larger
+            for group, move in (("image", 300.0), ("ehr", 50.0)):
+                path = models / name / "training_profile" / f"{group}.parquet"
+                pd.read_parquet(path).add(move).to_parquet(path, index=False)
+        pointer = {
+            "version": name,
+            "models": {m: p.replace(challenger, name) for m, p in production["models"].items()},
+        }
+        (models / "production.json").write_text(json.dumps(pointer))
+
+    def gate() -> dict:
+        config = pipeline_run_config(root)
+        config.pop("ops")
+        with dg.instance_for_test() as instance:
+            run = defs.resolve_job_def("full_pipeline").execute_in_process(
+                instance=instance,
+                asset_selection=[dg.AssetKey("production_model")],
+                run_config=config,
+            )
+            assert run.success
+        return read_log(models / "promotions.jsonl")[-1]
+
+    champion_copy("champion-alike", shift=False)
+    alike = gate()
+    assert alike["champion"] == "champion-alike" and alike["checks"]["training_drift"]
+    assert alike["training_drift"]["severity"] != "ERROR"
+
+    champion_copy("champion-drifted", shift=True)
+    pointer_before = (models / "production.json").read_bytes()
+    drifted = gate()
+    assert drifted["champion"] == "champion-drifted" and not drifted["promoted"]
+    assert drifted["checks"]["training_drift"] is False
+    assert drifted["reason"] == "blocking checks failed: training_drift"
+    errors = drifted["training_drift"]["errors"]
+    assert any(e.startswith("image/hu_") for e in errors) and any(
+        e.startswith("ehr/") for e in errors
+    )
+    assert (models / "production.json").read_bytes() == pointer_before

@@ -87,7 +87,7 @@ DiagnosticConfig = config_class(
     group_name="diagnosis",
     deps=[jepa_encoder],
     kinds={"pytorch", "safetensors"},
-    code_version="2",
+    code_version="3",  # 3: the training profile beside the models
     pool="gpu",
     description="JEPA-finetuned, frozen-probe, multimodal-from-scratch and imaging-only models, "
     "cross-fitted on repeated stratified folds of the internal cohort (out-of-fold predictions "

@@ -217,7 +217,7 @@ def _scores(paths: PipelinePaths, relative: str, inputs: tuple[np.ndarray, ...])
     group_name="deployment",
     deps=[onnx_model],
     kinds={"onnx"},
-    code_version="2",
+    code_version="3",
     description="Champion/challenger gate: points artifacts/models/production.json at the new "
     "models only if their checks passed and the challenger is non-inferior to the champion on "
     "the frozen evaluation set (the external cohort, which no model trains on); every decision "

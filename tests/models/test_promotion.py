@@ -232,3 +232,41 @@ def test_a_challenger_trained_on_data_unlike_its_champions_is_refused(
         e.startswith("ehr/") for e in errors
     )
     assert (models / "production.json").read_bytes() == pointer_before
+
+
+def test_a_challenger_trained_on_shuffled_labels_is_refused(
+    tiny_pipeline: tuple, tmp_path: Path
+) -> None:
+    """Retrain on the same patients with their labels shuffled: the new models learn nothing
+    about malignancy, score worse on the frozen external set than the champion, and the gate
+    refuses them; production.json is byte-identical and the log says why."""
+    from cohorts.example_set import load_examples
+    from orchestration.definitions import defs
+
+    root = copy_pipeline(tiny_pipeline, tmp_path / "copy")
+    models = root / "artifacts" / "models"
+    pointer_before = (models / "production.json").read_bytes()
+    champion = json.loads(pointer_before)["version"]
+    internal_path = root / "data" / "examples" / "internal.npz"
+    internal = load_examples(internal_path)
+    shuffled = np.random.default_rng(0).permutation(internal.label)
+    assert (shuffled != internal.label).any()
+    internal.label = shuffled
+    internal.save(internal_path)
+
+    config = pipeline_run_config(root)
+    with dg.instance_for_test() as instance:
+        run = defs.resolve_job_def("full_pipeline").execute_in_process(
+            instance=instance,
+            asset_selection=[
+                dg.AssetKey(k)
+                for k in ("diagnostic_models", "evaluation", "onnx_model", "production_model")
+            ],
+            run_config=config,
+        )
+        assert run.success
+    last = read_log(models / "promotions.jsonl")[-1]
+    assert last["champion"] == champion and last["challenger"] != champion
+    assert not last["promoted"] and last["reason"].startswith("not shown non-inferior")
+    assert last["challenger_auc"] < last["champion_auc"]
+    assert (models / "production.json").read_bytes() == pointer_before

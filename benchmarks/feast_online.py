@@ -28,6 +28,7 @@ from cohorts.ehr.features import build_feature_tables, combine_cohorts, fit_sign
 from cohorts.synthetic.config import COHORTS
 from feature_repo import store as feast_store
 from feature_repo.definitions import SERVING_SERVICE
+from orchestration.params import privacy_config
 
 COMMAND = "python -m benchmarks.run --only feast_online"
 REPO_DIR = Path(__file__).resolve().parents[1] / "feature_repo"
@@ -42,7 +43,14 @@ def build_store(root: Path, n_archive: int):  # -> (FeatureStore, data_dir, pati
     make_archive(root / "raw", n_archive=n_archive, n_internal=2, n_external=2)
     signatures = fit_signatures(root / "raw" / "archive" / "ehr", N_SIGNATURES, LOOKBACK_DAYS)
     parts = [
-        build_feature_tables(root / "raw" / c / "ehr", c, KEY, signatures, LOOKBACK_DAYS)
+        build_feature_tables(
+            root / "raw" / c / "ehr",
+            c,
+            KEY,
+            signatures,
+            LOOKBACK_DAYS,
+            date_shift_max_days=privacy_config().date_shift_max_days,  # the pipeline's
+        )
         for c in COHORTS
     ]
     tables = combine_cohorts(parts)

@@ -6,6 +6,9 @@ as of that scan. Every token gets a learned patch-position embedding, a modality
 and a sin/cos embedding of its continuous time (months before the latest scan). The token
 count N is fixed per config (absent scans and EHR are masked, not dropped), so shapes stay
 static for DDP and ONNX.
+
+Size: about 430 lines: the config, token layout, blocks, patch stems and the encoder are one
+architecture that the diagnostic model, JEPA and the ONNX export all load by this one module.
 """
 
 from __future__ import annotations

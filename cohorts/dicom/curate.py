@@ -32,6 +32,10 @@ work) and first removes temporary files a killed run left behind.
 The pieces live beside it: ``cohorts.dicom.select`` (which series of a study), ``decode`` (what
 a pool worker does with one series), ``outputs`` (the cohort's tables, atomic writers and the
 previous run's outcomes for reuse).
+
+Size: about 460 lines because ``_curate`` keeps steps 1-6 in order in one function, so a
+reader follows one cohort through them; each piece it calls lives beside it (scan, series,
+select, decode, inputs, outputs).
 """
 
 from __future__ import annotations

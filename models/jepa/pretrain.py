@@ -15,6 +15,9 @@ out_dir/encoder.safetensors + out_dir/card.json.
 
 The knobs are models/jepa/config.py, the single step step.py, the version versioning.py,
 the curves curves.py and the command line cli.py.
+
+Size: about 440 lines because ``_pretrain`` keeps the loop with resume, DDP and the card in
+one function, so the order of a step and its checkpoint stays visible in one place.
 """
 
 from __future__ import annotations

@@ -70,8 +70,28 @@ def _profile_overrides(profiles: dict[str, Any], name: str) -> dict[str, Any]:
     return merged
 
 
+_FIRST_ACTIVE: list[str | None] = []  # the active profile at this process's first read
+
+
 def params(profile: str | None = None) -> dict[str, Any]:
-    """params.yaml with the named profile (default: $LUNGJEPA_PROFILE) merged over it."""
+    """params.yaml with the named profile (default: $LUNGJEPA_PROFILE) merged over it.
+
+    Dagster Config defaults are read from here when their modules are imported (the launchpad
+    shows a default only if the class has it; a lazy default is not displayed), so a process
+    that changes $LUNGJEPA_PROFILE after its first read would run with defaults of the old
+    profile and values of the new: that raises here instead of mixing them. Set the profile
+    first (``lungjepa --profile``, tests/conftest.py), or name it (``params("tiny")``).
+    """
+    if profile is None:
+        active = active_profile()
+        if not _FIRST_ACTIVE:
+            _FIRST_ACTIVE.append(active)
+        elif _FIRST_ACTIVE[0] != active:
+            raise RuntimeError(
+                f"${PROFILE_ENV} changed from {_FIRST_ACTIVE[0]!r} to {active!r} after "
+                f"{params_path()} was first read in this process: Config defaults already hold "
+                f"{_FIRST_ACTIVE[0]!r}'s values. Set the profile before importing orchestration."
+            )
     data = copy.deepcopy(load_params())
     profiles = data.pop("profiles", {}) or {}
     profile = profile or active_profile()

@@ -67,3 +67,16 @@ def test_relative_paths_resolve_under_lungjepa_root_when_set(
     monkeypatch.setenv(params_module.ROOT_ENV, str(tmp_path))
     assert params_module.resolve_path("data") == tmp_path.resolve() / "data"
     assert params_module.resolve_path("/abs/data") == Path("/abs/data")
+
+
+def test_a_profile_changed_after_the_first_read_is_refused(monkeypatch) -> None:
+    """Config defaults hold the first read's profile: a later switch must not mix two."""
+    from orchestration import params as params_module
+
+    monkeypatch.setattr(params_module, "_FIRST_ACTIVE", [])
+    monkeypatch.setenv("LUNGJEPA_PROFILE", "tiny")
+    assert params_module.params()["synth"]["preset"] == "tiny"
+    monkeypatch.setenv("LUNGJEPA_PROFILE", "study")
+    with pytest.raises(RuntimeError, match="changed from 'tiny' to 'study'"):
+        params_module.section("synth")
+    assert params_module.section("synth", "study")["preset"] == "study"  # named: always fine

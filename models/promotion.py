@@ -29,12 +29,14 @@ from models.evaluation import bootstrap_auc_ci, delong_test, roc_auc
 
 @dataclass(frozen=True)
 class PromotionConfig:
-    """params.yaml `promotion`: non-inferiority margin (AUC) and the one-sided alpha."""
+    """params.yaml `promotion`: non-inferiority margin (AUC) and the one-sided alpha; `model`
+    is the exported model the gate compares on the frozen set."""
 
     margin: float = 0.02
     alpha: float = 0.05
     bootstrap_replicates: int = 1000
     seed: int = 0
+    model: str = "jepa"
 
 
 @dataclass

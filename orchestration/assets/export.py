@@ -16,6 +16,7 @@ from models.onnx_runtime import load_verified_session, predict_onnx
 from models.promotion import PromotionConfig, append_log, decide, manual_decision, read_log
 from models.protocol import Ensemble
 from orchestration.assets.evaluation import TRAINING_PROFILE, evaluation
+from orchestration.configs import config_class, domain_values
 from orchestration.dvc_versions import dvc_md5
 from orchestration.lineage import MODELS, built_on
 from orchestration.metadata import image_markdown, markdown_table
@@ -123,16 +124,15 @@ def onnx_model(
     )
 
 
-class PromotionRunConfig(dg.Config):
-    """params.yaml `promotion` (the non-inferiority gate of models/promotion.py)."""
-
-    margin: float = _PROMOTION["margin"]
-    alpha: float = _PROMOTION["alpha"]
-    bootstrap_replicates: int = _PROMOTION["bootstrap_replicates"]
-    model: str = _PROMOTION["model"]
+class _PromotionRun(dg.Config):
+    """params.yaml `promotion` (fields built from PromotionConfig, orchestration/configs.py):
+    the non-inferiority gate of models/promotion.py."""
 
     def domain(self) -> PromotionConfig:
-        return PromotionConfig(self.margin, self.alpha, self.bootstrap_replicates)
+        return PromotionConfig(**domain_values(PromotionConfig, self.model_dump()))
+
+
+PromotionRunConfig = config_class("PromotionRunConfig", PromotionConfig, _PROMOTION, _PromotionRun)
 
 
 def _parity_checks(paths: PipelinePaths, exported: dict[str, str]) -> dict[str, bool]:

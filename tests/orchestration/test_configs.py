@@ -104,3 +104,15 @@ def test_diagnostic_config_is_params_yaml_finetune_built_from_its_dataclasses() 
     assert override.domain().finetune.epochs == 2 and override.domain().jepa.probe_epochs == 1
     with pytest.raises(Exception, match="probe_epochs"):
         DiagnosticConfig(jepa={"probe_epochs": "many", "lr": 0.1, "encoder_lr_scale": 1.0})
+
+
+def test_curation_and_promotion_configs_are_params_yaml_built_from_their_dataclasses() -> None:
+    from models.promotion import PromotionConfig
+    from orchestration.assets.data import CurationRunConfig
+    from orchestration.assets.export import PromotionRunConfig
+
+    curate, promotion = section("curate"), section("promotion")
+    assert set(CurationRunConfig.model_fields) == set(curate)
+    assert set(PromotionRunConfig.model_fields) == set(promotion)
+    assert PromotionRunConfig().domain() == PromotionConfig(**promotion)
+    assert PromotionRunConfig(margin=-1.0).domain().margin == -1.0

@@ -33,9 +33,9 @@ The pieces live beside it: ``cohorts.dicom.select`` (which series of a study), `
 a pool worker does with one series), ``outputs`` (the cohort's tables, atomic writers and the
 previous run's outcomes for reuse).
 
-Size: about 460 lines because ``_curate`` keeps steps 1-6 in order in one function, so a
+Size: about 430 lines because ``_curate`` keeps steps 1-6 in order in one function, so a
 reader follows one cohort through them; each piece it calls lives beside it (scan, series,
-select, decode, inputs, outputs).
+select, decode, nodules, inputs, outputs).
 """
 
 from __future__ import annotations
@@ -53,11 +53,11 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from cohorts.dicom.decode import DecodeJob, decode_series, orientation_max_offdiag
 from cohorts.dicom.inputs import RawCohort, iso_date, read_annotations, read_labels
+from cohorts.dicom.nodules import match_nodules
 from cohorts.dicom.outputs import (
     INDEX_COLUMNS,
     INDEX_SCHEMA,
@@ -163,36 +163,6 @@ def _fingerprint(
         [CURATION_VERSION, parts, list(annotations), config.crop_size_vox, config.crop_spacing_mm]
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
-
-
-def _match_nodules(nodules: pd.DataFrame, tolerance_mm: float, key: bytes) -> pd.Series:
-    """Nodule ids stable across a patient's scans: greedy nearest-centre matching in time."""
-    ids = pd.Series("", index=nodules.index, dtype=object)
-    for patient_id, group in nodules.groupby("patient_id", sort=True):
-        tracks: list[np.ndarray] = []  # last known centre of each tracked nodule
-        order = group.sort_values(
-            ["study_date", "series_id", "annotation_index"], na_position="first"
-        )
-        for _, scan in order.groupby(["study_date", "series_id"], sort=False, dropna=False):
-            centres = scan[["coord_x_mm", "coord_y_mm", "coord_z_mm"]].to_numpy(dtype=float)
-            assigned: dict[int, int] = {}
-            if tracks:
-                dist = np.linalg.norm(centres[:, None, :] - np.stack(tracks)[None], axis=2)
-                for flat in np.argsort(dist, axis=None):
-                    i, t = np.unravel_index(flat, dist.shape)
-                    if dist[i, t] > tolerance_mm:
-                        break
-                    if i not in assigned and t not in assigned.values():
-                        assigned[int(i)] = int(t)
-            for i, idx in enumerate(scan.index):
-                t = assigned.get(i)
-                if t is None:
-                    tracks.append(centres[i])
-                    t = len(tracks) - 1
-                else:
-                    tracks[t] = centres[i]
-                ids[idx] = pseudonymise(f"{patient_id}:{t}", key, "nodule")
-    return ids
 
 
 # ---------------------------------------------------------------- driver
@@ -414,7 +384,7 @@ def _curate(
         meta = index.set_index("series_id")
         nodules["patient_id"] = nodules["series_id"].map(meta["patient_id"])
         nodules["study_date"] = nodules["series_id"].map(meta["study_date"])
-        nodules["nodule_id"] = _match_nodules(nodules, config.nodule_match_tolerance_mm, key)
+        nodules["nodule_id"] = match_nodules(nodules, config.nodule_match_tolerance_mm, key)
         nodules = nodules.sort_values(["patient_id", "study_date", "series_id", "annotation_index"])
     quarantine_frame = pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS).drop_duplicates()
 

@@ -81,6 +81,7 @@ def run_pretrain_ablation(
     n_replicates: int = 1000,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    encoder_probe: Callable[[MultimodalEncoder], Mapping[str, float]] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per pretraining variant and model: what each JEPA ingredient is worth.
 
@@ -90,7 +91,9 @@ def run_pretrain_ablation(
     initialisation, which separates what pretraining gives from what the LP-FT recipe
     gives). Each pretrained variant trains into work_dir/<name> and resumes there after a
     kill. Rows: out-of-fold internal AUC with CI, external AUC, and the cross-validated
-    diameter probe on the archive (centre-token and mean pooling).
+    diameter probe on the archive (centre-token and mean pooling), plus what ``encoder_probe``
+    measures of each variant's frozen encoder (on generator data, the orchestration passes the
+    instrument's reading of the shared cause: models/instrument.py encoder_summary).
     """
     rows = []
     for name, spec in variants.items():
@@ -106,15 +109,20 @@ def run_pretrain_ablation(
             encoder = load_encoder(result.encoder_path)
             card = json.loads(result.card_path.read_text())
             n_archive, ema = len(subset), card.get("ema", {}).get("target_to_init")
+            # the training time the card records (summed over resumes): a rerun that finds
+            # the variant already pretrained must not report its few seconds of loading
+            trained_s = card.get("train_seconds")
         else:
             torch.manual_seed(config.seed)
             encoder = build_encoder(archive, config)
-            n_archive, ema = 0, None
-        pretrain_s = time.perf_counter() - start
+            n_archive, ema, trained_s = 0, None, 0.0
+        pretrain_s = time.perf_counter() - start if trained_s is None else float(trained_s)
         probes = {
             f"diameter_r2_{pooling}": diameter_probe_cv_r2(encoder, archive, pooling)
             for pooling in ("centre", "mean")
         }
+        if encoder_probe is not None:
+            probes.update(encoder_probe(encoder))
         result = run_protocol(
             internal,
             external,
@@ -141,6 +149,11 @@ def run_pretrain_ablation(
                     f"{name:<16} {model:<11} AUC {row['auc']:.3f} [{lo:.3f}, {hi:.3f}] "
                     f"ext {row['external_auc']:.3f} diameter R2 centre "
                     f"{probes['diameter_r2_centre']:.3f} mean {probes['diameter_r2_mean']:.3f}"
+                    + (
+                        f" S R2 {probes['shared_cause_r2']:.3f}"
+                        if "shared_cause_r2" in probes
+                        else ""
+                    )
                 )
     return rows
 

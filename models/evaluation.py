@@ -339,6 +339,21 @@ def holm_adjust(p_values: list[float]) -> list[float]:
     return adjusted.tolist()
 
 
+POWER = 0.8
+"""The power a comparison should have to find a true difference (the usual 80%): the
+"detectable" difference of a test is the smallest it finds with this power."""
+
+
+def detectable_difference(se: float, alpha: float = 0.05, power: float = POWER) -> float:
+    """Smallest true difference a two-sided z test at ``alpha`` finds with ``power``:
+    (z_(1-alpha/2) + z_power) x SE, in the units of ``se`` (AUC here).
+
+    Why beside every p-value: a comparison that is not significant tells the reader something
+    only if it could have found the difference they care about.
+    """
+    return float((stats.norm.ppf(1.0 - alpha / 2.0) + stats.norm.ppf(power)) * se)
+
+
 def compare_paired(
     y: np.ndarray,
     p_a: np.ndarray,
@@ -347,7 +362,8 @@ def compare_paired(
     seed: int,
     alpha: float = 0.05,
 ) -> dict[str, Any]:
-    """AUC(a) - AUC(b) on the same patients: difference, paired percentile bootstrap CI, DeLong p.
+    """AUC(a) - AUC(b) on the same patients: difference, paired percentile bootstrap CI, DeLong p
+    and the difference DeLong's SE lets the test find with POWER (``detectable``).
 
     Both models are bootstrapped with one seed, so each replicate resamples the same
     patients for both and the interval is of the paired difference.
@@ -364,6 +380,7 @@ def compare_paired(
         "diff": test.diff,
         "ci": [float(lo), float(hi)],
         "p": test.p_value,
+        "detectable": detectable_difference(float(np.sqrt(test.var)), alpha),
         "n": int(np.asarray(y).shape[0]),
     }
 

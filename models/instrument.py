@@ -225,6 +225,35 @@ def instrument_check(
     }
 
 
+def check_encoder(
+    examples: ExampleSet,
+    truth: pd.DataFrame,
+    encoder: MultimodalEncoder,
+    config: InstrumentConfig = InstrumentConfig(),
+) -> dict[str, Any]:
+    """``instrument_check`` of ``encoder`` beside its random-init twin: an encoder of the same
+    shape initialised from ``config.seed``, so every encoder checked meets the same baseline."""
+    import torch
+
+    from models.encoders import MultimodalEncoder
+
+    torch.manual_seed(config.seed)
+    random_encoder = MultimodalEncoder(encoder.config)
+    return instrument_check(examples, truth, encoder, random_encoder, config)
+
+
+def encoder_summary(check: Mapping[str, Any]) -> dict[str, float]:
+    """What a check says of its encoder, for a table row: how well its frozen image tokens read
+    the shared cause S (R^2, and the random-init twin's), and the AUC they add to size + EHR."""
+    r2 = {(r["cause"], r["view"]): r["r2"] for r in check["visibility"]}
+    auc = {r["features"]: r["auc"] for r in check["headroom"]}
+    return {
+        "shared_cause_r2": float(r2[("shared_damage", "jepa_image")]),
+        "shared_cause_r2_random": float(r2[("shared_damage", "random_image")]),
+        "auc_added_to_size_ehr": float(auc["size + EHR + JEPA image tokens"] - auc["size + EHR"]),
+    }
+
+
 def _r2_table(visibility: Sequence[Mapping[str, Any]]) -> list[str]:
     r2 = {(row["cause"], row["view"]): row["r2"] for row in visibility}
     lines = [

@@ -13,9 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import pandas as pd
-
-from models.evaluation import MODELS
+from models.evaluation import MODELS, POWER
 from models.instrument import instrument_markdown
 from models.report_format import fmt, fmt_p
 from models.side_study_report import (
@@ -23,6 +21,7 @@ from models.side_study_report import (
     pretrain_ablation_section,
     replicates_section,
 )
+from models.study_report import study_summary
 
 PAPER_SOURCE = "Li et al., arXiv 2509.15470 (2025), abstract"
 # Published AUCs (malignant vs benign) from the paper's abstract; None where not reported.
@@ -79,29 +78,6 @@ def _delong_table(comparisons: Mapping[str, float]) -> str:
     return "\n".join(lines)
 
 
-# The study is its own experiment with its own command and document; RESULTS.md points at it
-# rather than copying its numbers (which a demo run would otherwise have to refresh).
-STUDY_POINTER = (
-    "## Synthetic study\n\n"
-    "The paper's synthetic experiment (when does JEPA pretraining help?) is reported in "
-    "[docs/STUDY.md](STUDY.md), written by `lungjepa --profile study study` from its own runs."
-)
-
-
-def markdown_table(rows: list[Mapping[str, Any]], leading: Sequence[str]) -> list[str]:
-    """Markdown table of dict rows, `leading` columns first, floats rounded."""
-    frame = pd.DataFrame(rows)
-    first = [c for c in leading if c in frame.columns]
-    frame = frame[first + [c for c in frame.columns if c not in first]]
-    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
-    rule = "|" + "---|" * len(frame.columns)
-    body = [
-        "| " + " | ".join(fmt(v) if isinstance(v, float) else str(v) for v in row) + " |"
-        for row in frame.itertuples(index=False)
-    ]
-    return [header, rule, *body]
-
-
 def results_markdown(
     evaluation: Mapping[str, Any],
     paper_table: Mapping[str, Mapping[str, float]],
@@ -114,6 +90,7 @@ def results_markdown(
     replicates: Sequence[Mapping[str, Any]] = (),
     instrument: Mapping[str, Any] | None = None,
     settings_fingerprint: str | None = None,
+    study: Mapping[str, Any] | None = None,
 ) -> str:
     """Render docs/RESULTS.md from metrics/evaluation.json (combine_cohort_results shape).
 
@@ -128,6 +105,8 @@ def results_markdown(
     params and the generator's settings); a side study recorded under another one, or none,
     is shown under a banner saying so, never as if it measured this run's data.
     probe: the encoder card's frozen-encoder probes (pretrained vs random initialisation).
+    study: metrics/study.json, the synthetic study's own summary; its verdict and power are
+    quoted under a pointer to docs/STUDY.md (models/study_report.py study_summary).
 
     drift: the cohort_drift summary (drift.json next to the model card); when given, a
     section sets its signals beside each model's measured internal -> external AUC change.
@@ -206,19 +185,20 @@ def results_markdown(
         out += ["", _agreement_section(agreement)]
     if drift is not None and {"internal", "external"} <= set(cohorts):
         out += ["", _drift_section(drift, evaluation)]
-    out += ["", STUDY_POINTER]
+    out += ["", study_summary(study)]
     return "\n".join(out) + "\n"
 
 
 def _comparison_row(role: str, c: Mapping[str, Any]) -> str:
     name = f"{c['cohort']}: `{c['model']}` vs `{c['versus']}`"
     if c.get("missing"):
-        return f"| {role} | {name} | not produced by this run | | | |"
+        return f"| {role} | {name} | not produced by this run | | | | |"
     lo, hi = c["ci"]
     p_holm = fmt_p(c["p_holm"]) if "p_holm" in c else "(tested alone)"
+    detectable = fmt(c["detectable"]) if "detectable" in c else "n/a"
     return (
         f"| {role} | {name} | {fmt(c['auc_a'])} vs {fmt(c['auc_b'])} "
-        f"| {c['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {fmt_p(c['p'])} | {p_holm} |"
+        f"| {c['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {fmt_p(c['p'])} | {p_holm} | {detectable} |"
     )
 
 
@@ -230,10 +210,12 @@ def _comparisons_section(comparisons: Mapping[str, Any]) -> str:
         "Fixed in params.yaml before the runs. Paired DeLong on the same patients (all labeled "
         "internal patients, out of fold; or the external cohort); the CI is the paired "
         f"percentile bootstrap of the difference. alpha = {comparisons['alpha']}; the "
-        "secondary p-values are Holm-adjusted together.",
+        "secondary p-values are Holm-adjusted together. Detectable: the smallest true "
+        f"difference the DeLong test finds with {POWER:.0%} power at alpha (its SE x "
+        "(z_(1-alpha/2) + z_power)); a difference below it going unfound says little.",
         "",
-        "| role | comparison | AUCs | difference [95% CI] | p | p (Holm) |",
-        "|---|---|---|---|---|---|",
+        "| role | comparison | AUCs | difference [95% CI] | p | p (Holm) | detectable |",
+        "|---|---|---|---|---|---|---|",
         _comparison_row("primary", comparisons["primary"]),
     ]
     lines += [_comparison_row("secondary", c) for c in comparisons.get("secondary", [])]

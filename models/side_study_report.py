@@ -107,11 +107,20 @@ def ablation_section(ablation: Mapping[str, Any], current: str | None = None) ->
     )
 
 
+def _shared_cause(row: Mapping[str, Any]) -> str:
+    """The frozen encoder's S R^2 beside its random-init twin's (n/a: not generator data, or a
+    record from before the instrument was read per variant)."""
+    if row.get("shared_cause_r2") is None:
+        return "n/a"
+    return f"{fmt(row['shared_cause_r2'])} ({fmt(row['shared_cause_r2_random'])})"
+
+
 def pretrain_ablation_section(ablation: Mapping[str, Any], current: str | None = None) -> str:
     """JEPA ingredients (metrics/pretrain_ablation.json from `lungjepa ablation --pretrain`)."""
     header = ["variant", "changes", "model", "internal AUC (OOF) [95% CI]", "external AUC",
               "diameter R^2, centre token", "diameter R^2, mean pool", "archive",
-              "EMA target-to-init", "pretraining s"]  # fmt: skip
+              "EMA target-to-init", "pretraining s", "S R^2, frozen (random init)",
+              "AUC added to size + EHR"]  # fmt: skip
     return _measured_table(
         "What each JEPA ingredient is worth",
         ablation,
@@ -127,6 +136,8 @@ def pretrain_ablation_section(ablation: Mapping[str, Any], current: str | None =
             str(row["n_archive"]),
             fmt(row.get("ema_target_to_init")),
             fmt(row["pretrain_seconds"], 0),
+            _shared_cause(row),
+            fmt(row.get("auc_added_to_size_ehr")),
         ],  # fmt: skip
         current,
     )

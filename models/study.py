@@ -18,7 +18,8 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from cohorts.files import atomic_output
-from models.meta_analysis import random_effects_mean, random_effects_slope
+from models.evaluation import POWER, detectable_difference
+from models.meta_analysis import Pooled, random_effects_mean, random_effects_slope
 
 COMPARISONS: tuple[tuple[str, str], ...] = (
     ("jepa", "multimodal"),
@@ -222,6 +223,15 @@ INSTRUMENT_COLUMNS: dict[str, tuple[str, str | None]] = {
 AUC, or the AUC one set of inputs adds to another."""
 
 
+def _instrument_value(check: Mapping[str, Any], column: str) -> float | None:
+    """One INSTRUMENT_COLUMNS value of one cell's instrument check (None where not measured)."""
+    inputs, minus = INSTRUMENT_COLUMNS[column]
+    auc = {r["features"]: r["auc"] for r in check["headroom"]}
+    if inputs not in auc or (minus is not None and minus not in auc):
+        return None
+    return float(auc[inputs] - (auc[minus] if minus else 0.0))
+
+
 def instrument_by_regime(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per regime: mean over seeds of the instrument check's headroom (INSTRUMENT_COLUMNS) and
     of the S and size R^2 of the frozen JEPA vs random-init image tokens.
@@ -234,12 +244,8 @@ def instrument_by_regime(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not checks:
             continue
         row: dict[str, Any] = {"regime": regime, "cells": len(checks)}
-        for column, (inputs, minus) in INSTRUMENT_COLUMNS.items():
-            values = []
-            for check in checks:
-                auc = {r["features"]: r["auc"] for r in check["headroom"]}
-                if inputs in auc and (minus is None or minus in auc):
-                    values.append(auc[inputs] - (auc[minus] if minus else 0.0))
+        for column in INSTRUMENT_COLUMNS:
+            values = [v for check in checks if (v := _instrument_value(check, column)) is not None]
             row[column] = float(np.mean(values)) if values else None
         for cause, short in (("shared_damage", "S"), ("log_diameter", "size")):
             for view, name in (("jepa_image", "JEPA"), ("random_image", "random")):
@@ -252,6 +258,96 @@ def instrument_by_regime(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 row[f"{short} R^2, {name}"] = float(np.mean(values)) if values else None
         rows.append(row)
     return rows
+
+
+ROOM_COLUMN = "added by true S"
+"""The instrument's room: the AUC a perfect reader of the shared cause S adds to size + EHR."""
+
+
+def _power_row(
+    test: str, pooled: Pooled, room: float | None, seeds: int, alpha: float
+) -> dict[str, Any]:
+    """One half of the pre-registered test against the room the data leave for it.
+
+    ``detectable``: the smallest true effect the test finds with POWER, (z_(1-alpha/2) +
+    z_POWER) x SE. ``power_at_room``: the chance it finds an effect as large as ``room`` (in
+    the pre-registered direction). ``seeds_for_power``: seeds per regime that would give POWER
+    at ``room``, the SE shrinking as 1 / sqrt(seeds) (each cell's variance includes tau^2).
+    """
+    z_alpha = float(stats.norm.ppf(1.0 - alpha / 2.0))
+    detectable = detectable_difference(pooled.se, alpha)
+    usable = room is not None and abs(room) > 0.0 and pooled.se > 0.0
+    return {
+        "test": test,
+        "estimate": pooled.estimate,
+        "se": pooled.se,
+        "detectable_with_80pct_power": detectable,
+        "room_perfect_S_reader": room,
+        "power_at_room": float(stats.norm.cdf(abs(room) / pooled.se - z_alpha)) if usable else None,
+        "seeds_per_regime_now": seeds,
+        "seeds_per_regime_for_80pct_power": (
+            int(np.ceil(seeds * (detectable / abs(room)) ** 2)) if usable else None
+        ),
+    }
+
+
+def power_analysis(cells: list[dict[str, Any]], plan: StudySettings) -> dict[str, Any] | None:
+    """Could the sweep see the gain its data allow? Both halves of the pre-registered test
+    set against the instrument's room (models/instrument.py, generator truth).
+
+    Why: a test that fails says nothing about the method unless the sweep could have passed
+    it. Pretraining can add at regime 0 only what the shared cause S adds to size + EHR, and
+    a perfect reader of S bounds that: its measured gain (ROOM_COLUMN, per cell) is the
+    largest regime-dependent effect any model could show. So the gain half is set against
+    the room at ``plan.regime``, and the slope half against the least-squares slope of the
+    cells' room over the regime (what the trend of a perfect S reader would be). The gain a
+    model shows beyond that room (e.g. reading growth better) is not regime-dependent.
+
+    Returns None until cells with an instrument check span two regimes.
+    """
+    found = [
+        (c, c["paired"][plan.cohort][plan.comparison])
+        for c in cells
+        if plan.comparison in c["paired"].get(plan.cohort, {})
+    ]
+    rooms = [
+        (c["regime"], room)
+        for c, _ in found
+        if c.get("instrument")
+        and (room := _instrument_value(c["instrument"], ROOM_COLUMN)) is not None
+    ]
+    at_regime = [(c, f) for c, f in found if np.isclose(c["regime"], plan.regime)]
+    if not at_regime or len({r for r, _ in rooms}) < 2:
+        return None
+    gain = random_effects_mean(
+        [f["difference"] for _, f in at_regime], [f["variance"] for _, f in at_regime]
+    )
+    slope = random_effects_slope(
+        [c["regime"] for c, _ in found],
+        [f["difference"] for _, f in found],
+        [f["variance"] for _, f in found],
+    )
+    room_here = [room for r, room in rooms if np.isclose(r, plan.regime)]
+    room_slope = float(np.polyfit([r for r, _ in rooms], [room for _, room in rooms], 1)[0])
+    seeds = len(at_regime)
+    per_regime = round(len(found) / len({c["regime"] for c, _ in found}))
+    return {
+        "cohort": plan.cohort,
+        "comparison": plan.comparison,
+        "regime": plan.regime,
+        "alpha": plan.alpha,
+        "power": POWER,
+        "rows": [
+            _power_row(
+                f"gain at regime {plan.regime:g}",
+                gain,
+                float(np.mean(room_here)) if room_here else None,
+                seeds,
+                plan.alpha,
+            ),
+            _power_row("slope over the regime", slope, room_slope, per_regime, plan.alpha),
+        ],
+    }
 
 
 def plot_study(rows: list[dict[str, Any]], path: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from models.reporting import markdown_table
+from models.report_format import markdown_table
 
 # JSON files keep keys sorted; the table reads better in this order.
 STUDY_COLUMN_ORDER: tuple[str, ...] = (
@@ -48,6 +48,69 @@ def _study_primary(primary: Mapping[str, Any]) -> str:
         f"**{verdict(primary.get('slope_negative_significant'))}**. "
         f"Both hold on the whole planned sweep: **{'yes' if primary.get('met') else 'no'}**."
     )
+
+
+# The study is its own experiment with its own command and document; RESULTS.md points at it
+# and quotes its verdict rather than copying its tables (which a demo would have to refresh).
+STUDY_POINTER = (
+    "## Synthetic study\n\n"
+    "The paper's synthetic experiment (when does JEPA pretraining help?) is reported in "
+    "[docs/STUDY.md](STUDY.md), written by `lungjepa --profile study study` from its own runs."
+)
+
+POWER_COLUMN_ORDER: tuple[str, ...] = (
+    "test",
+    "estimate",
+    "se",
+    "detectable_with_80pct_power",
+    "room_perfect_S_reader",
+    "power_at_room",
+    "seeds_per_regime_now",
+    "seeds_per_regime_for_80pct_power",
+)
+
+
+def power_reading(power: Mapping[str, Any], instrument: list[Mapping[str, Any]]) -> str:
+    """One paragraph: what the sweep could detect against the room, and what the frozen JEPA
+    image tokens read of S beside a random-init encoder's (models/study.py power_analysis)."""
+    gain, slope = power["rows"]
+    if gain["power_at_room"] is None or slope["power_at_room"] is None:
+        text = (
+            "**Could the sweep pass?** The instrument leaves no room for a regime-dependent "
+            "gain here (a perfect reader of S adds nothing to size + EHR), so no sweep size "
+            "could show one."
+        )
+    else:
+        underpowered = max(gain["power_at_room"], slope["power_at_room"]) < power["power"]
+        text = (
+            f"**Could the sweep pass?** A perfect reader of the shared cause S adds "
+            f"{gain['room_perfect_S_reader']:+.3f} AUC to size + EHR at regime "
+            f"{power['regime']:g}, and that gain changes by "
+            f"{slope['room_perfect_S_reader']:+.3f} per unit regime (generator truth, mean "
+            f"over seeds). With {gain['seeds_per_regime_now']} seeds per regime the "
+            f"pre-registered test detects, with {power['power']:.0%} power, a gain of "
+            f"{gain['detectable_with_80pct_power']:.3f} and a slope of "
+            f"{slope['detectable_with_80pct_power']:.3f}. Its power at the room is "
+            f"{gain['power_at_room']:.0%} for the gain and {slope['power_at_room']:.0%} for "
+            f"the slope; {power['power']:.0%} would take about "
+            f"{gain['seeds_per_regime_for_80pct_power']} and "
+            f"{slope['seeds_per_regime_for_80pct_power']} seeds per regime. "
+            + (
+                "So even a model that read S perfectly would most likely fail this test: "
+                "the room the data leave, not only the method, decides the verdict."
+                if underpowered
+                else "So the sweep could see a perfect reader of S: a failed test is the method's."
+            )
+        )
+    first = next((r for r in instrument if r.get("S R^2, JEPA") is not None), None)
+    if first is not None and first.get("added by JEPA image tokens") is not None:
+        text += (
+            f" What the method learned: at regime {first['regime']:g} the frozen JEPA image "
+            f"tokens read S with R^2 {first['S R^2, JEPA']:.3f} against "
+            f"{first['S R^2, random']:.3f} for a random-init encoder, and add "
+            f"{first['added by JEPA image tokens']:+.3f} AUC to size + EHR."
+        )
+    return text
 
 
 def study_section(study: Mapping[str, Any]) -> str:
@@ -94,6 +157,22 @@ def study_section(study: Mapping[str, Any]) -> str:
             "",
         ]
         parts += markdown_table(list(study["instrument"]), ("regime", "cells"))
+    if study.get("power"):
+        parts += [
+            "",
+            "## Power: could the sweep see the gain the data allow?",
+            "",
+            "Each half of the pre-registered test (its pooled estimate and SE over the cells) "
+            "beside the room the instrument measures for it: what a perfect reader of S adds "
+            "to size + EHR at the primary regime, and the least-squares slope of that over the "
+            "regime. Detectable: the smallest true effect found with 80% power at alpha; "
+            "seeds for 80% power at the room: SE shrinking as 1 / sqrt(seeds) "
+            "(models/study.py power_analysis).",
+            "",
+            power_reading(study["power"], list(study.get("instrument", []))),
+            "",
+        ]
+        parts += markdown_table(list(study["power"]["rows"]), POWER_COLUMN_ORDER)
     return "\n".join(parts)
 
 
@@ -119,3 +198,17 @@ def study_markdown(study: Mapping[str, Any], command: str) -> str:
     ]
     body = study_section(study).split("\n", 1)[1].lstrip("\n")
     return "\n".join(lines) + "\n" + body + "\n"
+
+
+def study_summary(study: Mapping[str, Any] | None) -> str:
+    """RESULTS.md's study section: the pointer to docs/STUDY.md, then (given metrics/study.json)
+    its pre-registered verdict and whether the sweep could have passed it."""
+    parts = [STUDY_POINTER]
+    if study and study.get("primary"):
+        if study.get("cells_missing"):
+            done = int(study["cells_planned"]) - len(study["cells_missing"])
+            parts.append(f"Provisional: {done} of {study['cells_planned']} planned cells have run.")
+        parts.append(_study_primary(study["primary"]))
+        if study.get("power"):
+            parts.append(power_reading(study["power"], list(study.get("instrument", []))))
+    return "\n\n".join(parts)

@@ -36,6 +36,7 @@ from models.study import (
     agreement_by_regime,
     instrument_by_regime,
     plot_study,
+    power_analysis,
     primary_result,
     summarise,
     trends,
@@ -268,6 +269,7 @@ def run_study(
         "trends": trend_rows,
         "agreement": agreement_by_regime(cells),
         "instrument": instrument_by_regime(cells),
+        "power": power_analysis(cells, plan),
         "cells": cells,
     }
     atomic_write_json(metrics_dir / "study.json", study)

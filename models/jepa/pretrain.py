@@ -412,6 +412,7 @@ def _pretrain(
             "per_epoch": losses,
         },
         "throughput_samples_per_s": throughput,
+        "train_seconds": train_seconds,  # the training loop's time, summed over resumes
         "monitor": monitor,
         "probe": probe,
         "ema": ema_card,

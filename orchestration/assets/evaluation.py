@@ -251,6 +251,10 @@ def evaluation(
         name: json.loads(path.read_text()) if (path := metrics / f"{name}.json").exists() else None
         for name in ("ablation", "pretrain_ablation")
     }
+    # the synthetic study's own summary (`lungjepa --profile study study`): its verdict is
+    # quoted under the pointer to docs/STUDY.md
+    study_path = metrics / "study.json"
+    study = json.loads(study_path.read_text()) if study_path.exists() else None
     markdown = results_markdown(
         evaluation_json,
         PAPER_AUC,
@@ -263,6 +267,7 @@ def evaluation(
         [json.loads(f.read_text()) for f in sorted((metrics / "replicates").glob("seed*.json"))],
         instrument,
         settings_fingerprint(),
+        study,
     )
     atomic_write_text(Path(config.results_markdown), markdown)
     rows = [

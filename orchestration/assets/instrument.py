@@ -2,18 +2,17 @@
 
 import dagster as dg
 import pandas as pd
-import torch
 
 from cohorts.example_set import ExampleSet, load_examples
 from cohorts.files import atomic_write_json
 from cohorts.privacy import is_marked_synthetic, read_key_record, resolve_key
 from cohorts.synthetic.truth import read_truth
-from models.encoders import MultimodalEncoder, load_encoder
+from models.encoders import load_encoder
 from models.figures import plot_headroom
 from models.instrument import (
     InstrumentConfig,
     TooFewPatients,
-    instrument_check,
+    check_encoder,
     instrument_markdown,
 )
 from orchestration.assets.training import jepa_encoder
@@ -25,6 +24,19 @@ INSTRUMENT_JSON = "cause_visibility.json"  # under paths.metrics; read by the ev
 # The cohorts of the generator's site 1 (one causal model and scanner): the unlabeled archive
 # and the labeled internal cohort; their models never read the truth labels used here.
 SITE_1: tuple[str, ...] = ("archive", "internal")
+
+
+def site_truth(paths: PipelinePaths) -> tuple[ExampleSet, pd.DataFrame] | None:
+    """Site 1's examples (archive + internal) and the generator's truth of their patients, or
+    None when the data are not the generator's (real data have no known causes)."""
+    if not all(is_marked_synthetic(paths.raw(c)) for c in SITE_1):
+        return None
+    records = read_key_record(paths.data / "examples")
+    key = resolve_key(synthetic=True)
+    truth = pd.concat(
+        [read_truth(paths.raw(c), key, records.get(c, {}).get("key_fingerprint")) for c in SITE_1]
+    )
+    return ExampleSet.concat([load_examples(paths.examples(c)) for c in SITE_1]), truth
 
 
 @dg.asset(
@@ -42,24 +54,16 @@ SITE_1: tuple[str, ...] = ("archive", "internal")
 def cause_visibility(
     context: dg.AssetExecutionContext, paths: PipelinePaths
 ) -> dg.MaterializeResult:
-    if not all(is_marked_synthetic(paths.raw(c)) for c in SITE_1):
+    inputs = site_truth(paths)
+    if inputs is None:
         (paths.metrics / INSTRUMENT_JSON).unlink(missing_ok=True)  # never report stale truth
         return dg.MaterializeResult(
             metadata={"computed": False, "reason": "not generator data: no known causes"}
         )
     version, folder = built_on(context, paths, ENCODERS)
-    records = read_key_record(paths.data / "examples")
-    key = resolve_key(synthetic=True)
-    truth = pd.concat(
-        [read_truth(paths.raw(c), key, records.get(c, {}).get("key_fingerprint")) for c in SITE_1]
-    )
-    examples = ExampleSet.concat([load_examples(paths.examples(c)) for c in SITE_1])
-    config = InstrumentConfig()
     encoder = load_encoder(folder / "encoder.safetensors")
-    torch.manual_seed(config.seed)
-    random_encoder = MultimodalEncoder(encoder.config)
     try:
-        check = instrument_check(examples, truth, encoder, random_encoder, config)
+        check = check_encoder(*inputs, encoder, InstrumentConfig())
     except TooFewPatients as error:  # a report, not a gate: the run goes on without it
         (paths.metrics / INSTRUMENT_JSON).unlink(missing_ok=True)
         return dg.MaterializeResult(metadata={"computed": False, "reason": str(error)})

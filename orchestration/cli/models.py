@@ -9,9 +9,15 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from orchestration.cli.pipeline import materialize
 from orchestration.params import PROFILE_ENV, section
+
+if TYPE_CHECKING:  # the CLI imports torch, Dagster and Feast only in the command that runs
+    from models.encoders import MultimodalEncoder
+    from orchestration.resources import PipelinePaths
 
 
 def cmd_ablation(args: argparse.Namespace) -> int:
@@ -56,6 +62,7 @@ def cmd_ablation(args: argparse.Namespace) -> int:
             spec["variants"],
             paths.artifacts / "ablation",
             models=spec["models"],
+            encoder_probe=_shared_cause_probe(paths),
             **common,
         )
         name, note = (
@@ -65,7 +72,11 @@ def cmd_ablation(args: argparse.Namespace) -> int:
                 "changes (params.yaml ablation.pretrain); each variant pretrains on the archive "
                 "with the pipeline's settings otherwise, then the same folds, seeds and LP-FT "
                 "recipe. Diameter R^2: 5-fold cross-validated ridge probe of log diameter on the "
-                "frozen encoder's image tokens, over the archive's nodules."
+                "frozen encoder's image tokens, over the archive's nodules. S R^2 and added AUC "
+                "(generator data only): the instrument's check of each variant's frozen encoder "
+                "on site 1 (docs/ARCHITECTURE.md): how well its image tokens read the shared "
+                "cause S (a random-init encoder of the same shape beside it) and the AUC they "
+                "add to size + EHR."
             ),
         )
     else:
@@ -102,6 +113,21 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     )
     # RESULTS.md is rendered by the evaluation asset, which reads metrics/*ablation.json
     return 0 if materialize(["evaluation"]).success else 1
+
+
+def _shared_cause_probe(
+    paths: PipelinePaths,
+) -> Callable[[MultimodalEncoder], Mapping[str, float]] | None:
+    """On the generator's data: each ablation encoder's instrument reading (how its frozen
+    image tokens read the shared cause S, and the AUC they add to size + EHR); None on real
+    data, which have no known causes."""
+    from models.instrument import InstrumentConfig, check_encoder, encoder_summary
+    from orchestration.assets.instrument import site_truth
+
+    inputs = site_truth(paths)
+    if inputs is None:
+        return None
+    return lambda encoder: encoder_summary(check_encoder(*inputs, encoder, InstrumentConfig()))
 
 
 def cmd_promote(args: argparse.Namespace) -> int:

@@ -53,10 +53,18 @@ def test_pretrain_variants_pretrain_what_they_name_and_score_it_like_the_protoco
         finetune=FinetuneConfig(epochs=2, batch_size=16), folds=3, jepa=JepaRecipe(probe_epochs=1)
     )
     variants = {"half": {"archive_fraction": 0.5, "mask_tube": False}, "none": {"pretrain": False}}
+    probed: list[int] = []
+
+    def encoder_probe(encoder) -> dict[str, float]:  # what the CLI's instrument reading returns
+        probed.append(encoder.config.embed_dim)
+        return {"shared_cause_r2": 0.25 * len(probed)}
+
     rows = run_pretrain_ablation(
         archive, internal, external, pretrain_config, protocol, variants, tmp_path,
-        n_replicates=50,
+        n_replicates=50, encoder_probe=encoder_probe,
     )  # fmt: skip
+    assert probed == [16, 16]  # once per variant, on its encoder (pretrained or random init)
+    assert [r["shared_cause_r2"] for r in rows] == [0.25, 0.25, 0.5, 0.5]
     assert [(r["variant"], r["model"]) for r in rows] == [
         ("half", "jepa"), ("half", "jepa_probe"), ("none", "jepa"), ("none", "jepa_probe"),
     ]  # fmt: skip
@@ -64,6 +72,7 @@ def test_pretrain_variants_pretrain_what_they_name_and_score_it_like_the_protoco
     card = json.loads((tmp_path / "half" / "card.json").read_text())
     assert card["params"]["mask_tube"] is False and card["n_examples"] == 20
     assert not (tmp_path / "none").exists()  # no pretraining, nothing written
+    assert rows[0]["pretrain_seconds"] == card["train_seconds"] > 0
     assert rows[0]["ema_target_to_init"] is not None and rows[2]["ema_target_to_init"] is None
     for row in rows:
         assert row["ci"][0] <= row["auc"] <= row["ci"][1]

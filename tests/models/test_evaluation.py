@@ -10,12 +10,14 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from models.evaluation import (
+    POWER,
     bootstrap_auc_ci,
     bootstrap_aucs,
     brier_score,
     combine_cohort_results,
     compare_paired,
     delong_test,
+    detectable_difference,
     evaluate_models,
     holm_adjust,
     label_efficiency_summary,
@@ -26,7 +28,8 @@ from models.evaluation import (
     roc_curve_points,
 )
 from models.figures import plot_label_efficiency, plot_reliability, plot_roc
-from models.reporting import PAPER_AUC, STUDY_POINTER, results_markdown
+from models.reporting import PAPER_AUC, results_markdown
+from models.study_report import STUDY_POINTER
 
 
 def _labels_and_scores(n: int, seed: int, signal: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -252,6 +255,21 @@ def test_paired_comparison_interval_and_delong() -> None:
     assert 0 < c["ci"][0] < c["diff"] < c["ci"][1] and c["p"] < 0.01
     same = compare_paired(y, good, good, n_replicates=50, seed=0)
     assert same["diff"] == 0 and same["ci"] == [0.0, 0.0] and same["p"] == 1.0
+
+
+def test_the_detectable_difference_is_the_one_found_with_the_stated_power() -> None:
+    y, good = _labels_and_scores(300, 7, signal=2.0)
+    weak = good + np.random.default_rng(1).normal(0, 2.0, size=300)
+    se = np.sqrt(delong_test(y, good, weak).var)
+    c = compare_paired(y, good, weak, n_replicates=50, seed=0)
+    assert c["detectable"] == pytest.approx(detectable_difference(se))
+    # a true difference of exactly `detectable` gives z ~ N(detectable / se, 1): the test
+    # (|z| > z_0.975) then finds it with POWER
+    z = detectable_difference(se) / se
+    assert stats.norm.sf(stats.norm.ppf(0.975) - z) == pytest.approx(POWER)
+    # half the patients: the SE grows about sqrt(2)-fold, and so does what can be detected
+    half = compare_paired(y[::2], good[::2], weak[::2], n_replicates=50, seed=0)
+    assert 1.2 < half["detectable"] / c["detectable"] < 1.7
 
 
 def test_preregistered_comparisons_follow_the_spec() -> None:

@@ -18,7 +18,9 @@ from models.instrument import (
     VIEWS,
     InstrumentConfig,
     TooFewPatients,
+    check_encoder,
     crop_histogram,
+    encoder_summary,
     instrument_check,
     instrument_markdown,
     nodule_size_growth,
@@ -98,6 +100,24 @@ def test_check_finds_a_cause_where_it_was_planted() -> None:
     text = instrument_markdown({**check, "cohorts": ["archive"]}, "enc123")
     assert "`enc123`" in text and all(row["features"] in text for row in check["headroom"])
     assert all(label in text for label in TARGETS.values())
+
+
+def test_an_encoder_is_checked_beside_the_same_random_twin_and_summarised() -> None:
+    examples = random_examples(40, timepoints=2, crop_size_vox=16, n_ehr=4, seed=2)
+    truth, config = _truth(examples), InstrumentConfig()
+    first, second = _encoder(examples, 0), _encoder(examples, 5)
+    a, b = check_encoder(examples, truth, first, config), check_encoder(examples, truth, second)
+    summary_a, summary_b = encoder_summary(a), encoder_summary(b)
+    # every encoder meets the same random-init baseline (seeded by the config), not its own
+    assert summary_a["shared_cause_r2_random"] == summary_b["shared_cause_r2_random"]
+    assert summary_a["shared_cause_r2"] != summary_b["shared_cause_r2"]
+    r2 = {(r["cause"], r["view"]): r["r2"] for r in a["visibility"]}
+    auc = {r["features"]: r["auc"] for r in a["headroom"]}
+    assert summary_a == {
+        "shared_cause_r2": r2[("shared_damage", "jepa_image")],
+        "shared_cause_r2_random": r2[("shared_damage", "random_image")],
+        "auc_added_to_size_ehr": auc["size + EHR + JEPA image tokens"] - auc["size + EHR"],
+    }
 
 
 def test_check_leaves_out_patients_without_truth_and_refuses_too_few() -> None:

@@ -384,6 +384,7 @@ def test_pretraining_loss_falls_and_writes_artifacts(tmp_path: Path) -> None:
     assert len(card["version"]) == 12
     assert card["params"]["epochs"] == 5 and card["loss"]["last"] == pytest.approx(losses[-1])
     assert card["throughput_samples_per_s"] > 0 and not card["monitor"]["collapsed"]
+    assert card["train_seconds"] > 0
     encoder = load_encoder(tmp_path / "encoder.safetensors")
     reference = build_encoder(examples, config)
     assert encoder.config == reference.config
@@ -408,6 +409,10 @@ def test_pretraining_loss_falls_and_writes_artifacts(tmp_path: Path) -> None:
     # rerunning a finished run resumes at the end and reproduces the same artifact
     again = pretrain(examples, tmp_path, config, progress=False)
     assert again.resumed_from_step == 15 and again.weights_digest == result.weights_digest
+    # ... and its card keeps the training time of the run, not the resume's few seconds
+    assert (
+        json.loads((tmp_path / "card.json").read_text())["train_seconds"] == card["train_seconds"]
+    )
     with pytest.raises(ValueError, match="another run"):
         pretrain(examples, tmp_path, PretrainConfig(epochs=6, **TINY), progress=False)
 

@@ -8,8 +8,9 @@ Sun & Xu 2014), and both need AUCs computed many times with midranks, so ties co
 Inputs everywhere: `y` holds one 0/1 label per patient, `p` one score per patient (any
 monotone score works for AUC; Brier and reliability need probabilities in [0, 1]).
 
-Size: about 440 lines of small statistical functions (AUC, bootstrap, DeLong, calibration,
-Holm, the pre-registered comparisons) that share the midrank AUC and the input checks.
+Size: about 460 lines of small statistical functions (AUC, bootstrap, DeLong, calibration,
+Holm, the detectable difference, the pre-registered comparisons) that share the midrank AUC
+and the input checks; split them and each piece would import the others.
 """
 
 from __future__ import annotations

@@ -144,6 +144,31 @@ def read_key_record(folder: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: unreadable key record ({error})") from error
 
 
+def curated_key(record: Mapping[str, Any], where: str) -> bytes:
+    """The key curation pseudonymised a cohort with, from its record (``read_key_record``).
+
+    Curation alone decides whether a cohort is the generator's output (marker file and the
+    generator's mark on every DICOM series, `cohorts/dicom/curate.py`); the EHR of the same
+    cohort follows that decision rather than the marker file, so a marker copied into a real
+    folder can never put the published key on its EHR. The key in force now must be the one
+    the record names (same LUNGJEPA_PSEUDONYM_KEY or installation key file), or the ids of
+    the two modalities would not link.
+    """
+    if "key_fingerprint" not in record:
+        raise ValueError(
+            f"{where}: no pseudonymisation record ({KEY_RECORD}); materialise curated_scans "
+            "first: the EHR is pseudonymised with the key curation chose for the cohort"
+        )
+    key = resolve_key(record.get("synthetic") is True)
+    if key_fingerprint(key) != record["key_fingerprint"]:
+        raise ValueError(
+            f"{where}: curation used key {record['key_fingerprint']} but the key in force now is "
+            f"{key_fingerprint(key)} (fingerprints); set the same LUNGJEPA_PSEUDONYM_KEY or key "
+            "file as curation had, or re-materialise curated_scans"
+        )
+    return key
+
+
 def check_same_key(
     cohort: str, ct_record: Mapping[str, Any], ehr_record: Mapping[str, Any]
 ) -> None:

@@ -27,10 +27,9 @@ from cohorts.files import atomic_write_json
 from cohorts.privacy import (
     KEY_RECORD,
     check_same_key,
-    is_marked_synthetic,
+    curated_key,
     key_record,
     read_key_record,
-    resolve_key,
 )
 from feature_repo import store as feast_store
 from orchestration.assets.data import curated_scans, raw_archive
@@ -55,10 +54,11 @@ class FeaturesConfig(dg.Config):
 @dg.asset(
     pool="ehr_features",
     group_name="features",
-    deps=[raw_archive],
+    # curated_scans: its recorded key decision is the one the EHR follows (cohorts/privacy.py)
+    deps=[raw_archive, curated_scans],
     kinds={"python", "feast", "sqlite"},
     retry_policy=dg.RetryPolicy(max_retries=3, delay=10.0, backoff=dg.Backoff.EXPONENTIAL),
-    code_version="1",
+    code_version="2",
     description="Latent clinical signatures (FastICA, fitted on the unlabeled archive only) and "
     "clinical covariates per EHR snapshot, applied to Feast and materialised online.",
 )
@@ -74,10 +74,15 @@ def ehr_features(
     )
     signatures_path = paths.artifacts / "signatures" / "signatures.npz"
     signatures.save(signatures_path)
-    # the same key and date shift as curation gives the cohort's CT, so CT and EHR still link
-    synthetic = {cohort: is_marked_synthetic(paths.raw(cohort)) for cohort in COHORTS}
-    keys = {cohort: resolve_key(synthetic[cohort]) for cohort in COHORTS}
+    # the key and date shift curation gave the cohort's CT, so CT and EHR still link; whether
+    # the demo key may be used is curation's recorded decision, never the marker file alone
+    curated = {cohort: read_key_record(paths.curated(cohort)) for cohort in COHORTS}
+    keys = {c: curated_key(r, f"curated_scans/{c}") for c, r in curated.items()}
+    synthetic = {c: r.get("synthetic") is True for c, r in curated.items()}
     shift = privacy.domain().date_shift_max_days
+    records = {c: key_record(k, shift, synthetic[c]) for c, k in keys.items()}
+    for cohort in COHORTS:  # a date shift changed since curation: refused before Feast is written
+        check_same_key(cohort, curated[cohort], records[cohort])
     parts = {
         cohort: build_feature_tables(
             paths.raw(cohort) / "ehr",
@@ -91,7 +96,6 @@ def ehr_features(
     }
     tables = combine_cohorts(list(parts.values()))
     feast_store.write_sources(tables, paths.data)
-    records = {c: key_record(k, shift, synthetic[c]) for c, k in keys.items()}
     atomic_write_json(paths.data / "feast" / KEY_RECORD, records)
     store = feature_store.open()
     feast_store.apply_definitions(store, paths.data, config.ttl_days, config.n_signatures)

@@ -5,7 +5,7 @@ import pandas as pd
 
 from cohorts.example_set import ExampleSet, load_examples
 from cohorts.files import atomic_write_json
-from cohorts.privacy import is_marked_synthetic, read_key_record, resolve_key
+from cohorts.privacy import read_key_record, resolve_key
 from cohorts.synthetic.truth import read_truth
 from models.encoders import load_encoder
 from models.figures import plot_headroom
@@ -29,7 +29,8 @@ SITE_1: tuple[str, ...] = ("archive", "internal")
 def site_truth(paths: PipelinePaths) -> tuple[ExampleSet, pd.DataFrame] | None:
     """Site 1's examples (archive + internal) and the generator's truth of their patients, or
     None when the data are not the generator's (real data have no known causes)."""
-    if not all(is_marked_synthetic(paths.raw(c)) for c in SITE_1):
+    # curation's recorded decision (marker file and every series marked), not the marker alone
+    if not all(read_key_record(paths.curated(c)).get("synthetic") is True for c in SITE_1):
         return None
     records = read_key_record(paths.data / "examples")
     key = resolve_key(synthetic=True)

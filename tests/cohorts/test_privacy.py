@@ -112,6 +112,74 @@ def test_generator_output_keeps_the_demo_key_but_a_marker_over_real_files_is_ref
         curate_cohort(cohort, tmp_path / "out2", config, progress=False)
 
 
+def test_the_ehr_follows_curations_recorded_key_never_the_marker_file(
+    key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cohorts.privacy import curated_key
+
+    demo, private = DEMO_KEY.encode(), installation_key(key_file)
+    assert curated_key(key_record(demo, 30, True), "curated_scans/archive") == demo
+    assert curated_key(key_record(private, 30, False), "curated_scans/internal") == private
+    # an older record without the flag: never the demo key
+    unflagged = {"key_fingerprint": key_fingerprint(private)}
+    assert curated_key(unflagged, "curated_scans/internal") == private
+    with pytest.raises(ValueError, match=r"curated_scans/external: no pseudonymisation record"):
+        curated_key({}, "curated_scans/external")
+    monkeypatch.setenv("LUNGJEPA_PSEUDONYM_KEY", "a-site-secret-set-after-curation")
+    with pytest.raises(ValueError, match=r"curated_scans/internal: curation used key .* now is"):
+        curated_key(key_record(private, 30, False), "curated_scans/internal")
+
+
+def test_a_marker_copied_over_real_files_never_puts_the_demo_key_on_their_ehr(
+    tiny_pipeline: tuple, tmp_path: Path
+) -> None:
+    """Through the real assets: curation refuses the marker over unmarked series, so the EHR
+    is not featurised; once the cohort is curated as real data (private key), its EHR takes
+    the same private key even with the marker file put back: ehr_features follows curation's
+    record, not the marker (before, a marker alone gave the EHR the published key)."""
+    import json
+    import shutil
+
+    import dagster as dg
+    from pipeline_run import run_pipeline
+
+    from cohorts.privacy import SYNTHETIC_MARKER
+
+    source, _, result = tiny_pipeline
+    assert result.success
+    root = tmp_path / "site"
+    shutil.copytree(source / "data" / "raw", root / "data" / "raw")
+    internal = root / "data" / "raw" / "internal"
+    write_ct_series(internal / "dicom" / "copied-in", n_slices=10, seed=6)  # no generator mark
+    marker = (internal / SYNTHETIC_MARKER).read_text()
+    feast_record = root / "data" / "feast" / "key_fingerprint.json"
+    (tmp_path / "dagster_home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
+        refused = run_pipeline(root, instance, ["curated_scans", "ehr_features"])
+        assert not refused.success
+        assert not feast_record.exists()  # no EHR was pseudonymised at all
+
+        # the cohort curated as real data (no marker; the copied-in series taken out again)
+        shutil.rmtree(internal / "dicom" / "copied-in")
+        (internal / SYNTHETIC_MARKER).unlink()
+        assert run_pipeline(root, instance, ["curated_scans", "ehr_features"]).success
+        (internal / SYNTHETIC_MARKER).write_text(marker)  # the marker comes back
+        assert run_pipeline(root, instance, ["ehr_features"]).success
+
+    records = json.loads(feast_record.read_text())
+    private = key_fingerprint(resolve_key(synthetic=False))
+    assert records["internal"] == {
+        "key_fingerprint": private,
+        "date_shift_max_days": records["archive"]["date_shift_max_days"],
+        "synthetic": False,
+    }
+    assert records["archive"]["key_fingerprint"] == key_fingerprint(DEMO_KEY.encode())
+    sources = root / "data" / "feast" / "sources"
+    ehr_ids = set(pd.read_parquet(sources / "demographics.parquet")["patient_id"])
+    curated = pd.read_parquet(root / "data" / "curated" / "internal" / "index.parquet")
+    assert set(curated["patient_id"]) & ehr_ids  # CT and EHR still link under the private key
+
+
 def test_date_shift_is_backward_bounded_keyed_and_consistent() -> None:
     shifts = {date_shift_days(f"MRN{i}", b"k", 30) for i in range(200)}
     assert all(-30 <= s <= -1 for s in shifts) and len(shifts) > 20

@@ -17,9 +17,18 @@ def make_archive(
     n_external: int = 1,
     workers: int = 1,
     preset: str = "tiny",
+    **overrides: object,
 ) -> dict:
-    """Generate root/<cohort>/ with the preset's image sizes and the given cohort sizes."""
+    """Generate root/<cohort>/ with the preset's image sizes and the given cohort sizes.
+
+    ``overrides``: any other ``SynthConfig`` field (e.g. a clinical ``image_size_px``).
+    """
     config = preset_config(
-        preset, workers=workers, n_archive=n_archive, n_internal=n_internal, n_external=n_external
+        preset,
+        workers=workers,
+        n_archive=n_archive,
+        n_internal=n_internal,
+        n_external=n_external,
+        **overrides,
     )
     return generate_archive(Path(root), config, progress=False)

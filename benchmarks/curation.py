@@ -24,6 +24,8 @@ from cohorts.dicom.scan import iter_files
 from cohorts.parallel import pool_map
 
 COMMAND = "python -m benchmarks.run --only curation"
+CLINICAL_PX = 512  # a clinical CT slice's rows and columns
+CLINICAL_SPACING_MM = 0.7  # its pixel spacing: a 358 mm field of view
 
 
 def _config(workers: int) -> CurationConfig:
@@ -62,6 +64,26 @@ def curate_once(raw_dir: Path, workers: int) -> int:
         return curate_cohort(raw_dir, out, _config(workers), progress=False).slices_processed
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+def _throughput(
+    result: BenchResult,
+    archive: Path,
+    files: list[Path],
+    size: BenchSize,
+    suffix: str,
+    workers: tuple[int, ...] = (1, 2),
+) -> dict[str, float]:
+    """Curation and the floor interleaved on one archive; median slices/s by row label."""
+    cases = {}
+    for w in workers:
+        cases[f"curate_cohort, {w} worker(s){suffix}"] = lambda w=w: curate_once(archive, w)
+        cases[f"pydicom floor, {w} worker(s){suffix}"] = lambda w=w: floor_loop(files, w)
+    rates: dict[str, float] = {}
+    for label, runs in interleaved(cases, size.reps, size.warmup).items():
+        row = result.add(label, "slices/s", [n / s for s, n in runs], slices=runs[0][1])
+        rates[label] = row["median"]
+    return rates
 
 
 # Where one 1-worker curation spends its time: (label, file suffix, function), cumulative time
@@ -126,15 +148,7 @@ def run(size: BenchSize, work_dir: Path) -> BenchResult:
         "files": len(files),
         "preset": "tiny (48 px, 16 slices)",
     }
-    cases = {}
-    for workers in (1, 2):
-        cases[f"curate_cohort, {workers} worker(s)"] = lambda w=workers: curate_once(archive, w)
-        cases[f"pydicom floor, {workers} worker(s)"] = lambda w=workers: floor_loop(files, w)
-    timed = interleaved(cases, size.reps, size.warmup)
-    rates: dict[str, float] = {}
-    for label, runs in timed.items():
-        row = result.add(label, "slices/s", [n / s for s, n in runs], slices=runs[0][1])
-        rates[label] = row["median"]
+    rates = _throughput(result, archive, files, size, "")
     for workers in (1, 2):
         result.ratio(
             f"curation / floor, {workers} worker(s)",
@@ -142,10 +156,41 @@ def run(size: BenchSize, work_dir: Path) -> BenchResult:
             / rates[f"pydicom floor, {workers} worker(s)"],
             "share of the plain read-and-rescale rate that curation keeps (1.0 = free)",
         )
+    curation_speedup = rates["curate_cohort, 2 worker(s)"] / rates["curate_cohort, 1 worker(s)"]
+    floor_speedup = rates["pydicom floor, 2 worker(s)"] / rates["pydicom floor, 1 worker(s)"]
     result.ratio(
         "curation 2 workers / 1 worker",
-        rates["curate_cohort, 2 worker(s)"] / rates["curate_cohort, 1 worker(s)"],
+        curation_speedup,
         "parallel speed-up (2.0 = linear on 2 cores)",
+    )
+    result.ratio(
+        "pydicom floor 2 workers / 1 worker",
+        floor_speedup,
+        "the same pool around the plain loop: what this machine's 2 cores give file reading",
+    )
+    result.ratio(
+        "curation speed-up / floor speed-up",
+        curation_speedup / floor_speedup,
+        "share of the machine's own 2-worker gain that curation keeps (1.0 = all of it)",
+    )
+
+    clinical = work_dir / "curation" / "clinical"
+    make_archive(
+        clinical,
+        n_archive=max(1, n_patients // 8),
+        image_size_px=CLINICAL_PX,
+        pixel_spacing_mm=CLINICAL_SPACING_MM,
+    )
+    clinical_files = list(iter_files(clinical / "archive" / "dicom"))
+    result.config["clinical_files"] = len(clinical_files)
+    big = _throughput(
+        result, clinical / "archive", clinical_files, size, f", {CLINICAL_PX} px", (1,)
+    )
+    result.ratio(
+        f"curation / floor, 1 worker(s), {CLINICAL_PX} px",
+        big[f"curate_cohort, 1 worker(s), {CLINICAL_PX} px"]
+        / big[f"pydicom floor, 1 worker(s), {CLINICAL_PX} px"],
+        "the same share on slices of a clinical CT's in-plane size",
     )
 
     for label, share in curate_profile(archive).items():

@@ -80,16 +80,26 @@ def lung_statistics(hu: np.ndarray) -> dict[str, float | None]:
     Lung: body voxels in ``LUNG_HU_RANGE``. ``lung_fraction`` = lung / body voxels (0.0 with no
     body); ``lung_hu_median`` is None when no voxel is lung, so a phantom without lungs shows as
     a fraction of 0 rather than a made-up HU.
+
+    ``hu``: (z, y, x) int16, as curation stores it; the masks use int16 wrap-around.
     """
+    if hu.dtype != np.int16:
+        raise TypeError(f"lung_statistics needs an int16 HU volume, got {hu.dtype}")
     tissue = hu > BODY_HU_MIN
-    nx = tissue.shape[-1]
+    nx = hu.shape[-1]
     has = tissue.any(axis=-1)
     first = np.argmax(tissue, axis=-1)
     last = nx - 1 - np.argmax(tissue[..., ::-1], axis=-1)
-    cols = np.arange(nx)
-    body = has[..., None] & (cols >= first[..., None]) & (cols <= last[..., None])
-    lung_values = hu[body & (hu >= LUNG_HU_RANGE[0]) & (hu <= LUNG_HU_RANGE[1])]
-    n_body = int(body.sum())
+    # the span as an unsigned offset test: an offset left of ``first`` wraps above any width,
+    # so one compare per voxel marks the body (two compares and three ands before; same mask)
+    width = np.where(has, last - first + 1, 0)  # body voxels per row
+    signed, unsigned = (np.int16, np.uint16) if nx < 2**15 else (np.int32, np.uint32)
+    offset = np.arange(nx, dtype=signed) - first.astype(signed)[..., None]
+    body = offset.view(unsigned) < width.astype(unsigned)[..., None]
+    lo, hi = int(LUNG_HU_RANGE[0]), int(LUNG_HU_RANGE[1])
+    in_range = (hu - np.int16(lo)).view(np.uint16) <= hi - lo  # int16 wraps once: exact
+    lung_values = hu[body & in_range]
+    n_body = int(width.sum(dtype=np.int64))
     return {
         "lung_hu_median": float(np.median(lung_values)) if lung_values.size else None,
         "lung_fraction": lung_values.size / n_body if n_body else 0.0,

@@ -457,6 +457,30 @@ def test_lung_statistics_of_a_chest_like_volume() -> None:
     assert orientation_max_offdiag(tilted) == pytest.approx(np.sin(0.3))
 
 
+def test_lung_statistics_masks_equal_their_definition_at_the_int16_edges() -> None:
+    """The wrap-around masks give the plain definition's numbers, extreme HU included."""
+    from cohorts.dicom.decode import BODY_HU_MIN, LUNG_HU_RANGE, lung_statistics
+
+    rng = np.random.default_rng(0)
+    edges = np.array([-32768, -1001, -1000, -400, -399, -500, -499, 32767], dtype=np.int16)
+    for hu in (
+        rng.integers(-32768, 32768, (3, 7, 9)).astype(np.int16),
+        rng.choice(edges, (4, 6, 11)).astype(np.int16),
+        rng.integers(-1100, 300, (2, 5, 300)).astype(np.int16),
+    ):
+        tissue = hu > BODY_HU_MIN
+        body = np.zeros_like(tissue)
+        for z, y in zip(*np.nonzero(tissue.any(axis=-1)), strict=True):
+            x = np.flatnonzero(tissue[z, y])
+            body[z, y, x[0] : x[-1] + 1] = True
+        lung = hu[body & (hu >= LUNG_HU_RANGE[0]) & (hu <= LUNG_HU_RANGE[1])]
+        stats = lung_statistics(hu)
+        assert stats["lung_fraction"] == (lung.size / body.sum() if body.any() else 0.0)
+        assert stats["lung_hu_median"] == (float(np.median(lung)) if lung.size else None)
+    with pytest.raises(TypeError, match="int16"):
+        lung_statistics(np.zeros((2, 2, 2), dtype=np.float32))
+
+
 def test_config_from_params_file() -> None:
     import yaml
 

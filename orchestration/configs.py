@@ -50,8 +50,9 @@ def config_class(
     """A ``base`` subclass with one field per key of ``values`` (a params.yaml section).
 
     Each field takes the type of the ``domain`` dataclass field of that name (with several
-    domains, the first that has it) and defaults to the value; a field typed as a dataclass
-    with a mapping value becomes a nested Config of that dataclass. Raises ValueError naming a
+    domains, the first that has it) and defaults to the value; a null value makes the field
+    optional (unset: the domain's own default applies); a field typed as a dataclass with a
+    mapping value becomes a nested Config of that dataclass. Raises ValueError naming a
     key no domain has (a typo in params.yaml fails here, at definition time, not in the middle
     of a run).
     """
@@ -67,6 +68,8 @@ def config_class(
         if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
             nested = config_class(f"{name}_{key}", hint, value)
             fields[key] = (nested, nested())
+        elif value is None:  # null in params.yaml: "not set", the domain's default applies
+            fields[key] = (config_type(hint) | None, None)
         else:
             fields[key] = (config_type(hint), list(value) if isinstance(value, tuple) else value)
     return pydantic.create_model(

@@ -15,27 +15,16 @@ _SYNTH = section("synth")
 _CURATE = section("curate")
 
 
-class RawArchiveConfig(dg.Config):
-    """The synthetic environment's knobs (params.yaml `synth`)."""
-
-    preset: str = _SYNTH["preset"]
-    seed: int = _SYNTH["seed"]
-    regime: float = _SYNTH["regime"]
-    workers: int = _SYNTH["workers"]
-    # Cohort sizes; None keeps the preset's.
-    n_archive: int | None = _SYNTH.get("n_archive")
-    n_internal: int | None = _SYNTH.get("n_internal")
-    n_external: int | None = _SYNTH.get("n_external")
+class _RawArchive(dg.Config):
+    """The synthetic environment's knobs (params.yaml `synth`; fields built from SynthConfig,
+    orchestration/configs.py). A cohort size left null keeps the preset's."""
 
     def domain(self) -> SynthConfig:
-        sizes = {
-            k: v
-            for k in ("n_archive", "n_internal", "n_external")
-            if (v := getattr(self, k)) is not None
-        }
-        return preset_config(
-            self.preset, seed=self.seed, regime=self.regime, workers=self.workers, **sizes
-        )
+        values = {k: v for k, v in self.model_dump().items() if v is not None}
+        return preset_config(values.pop("preset"), **values)
+
+
+RawArchiveConfig = config_class("RawArchiveConfig", SynthConfig, _SYNTH, _RawArchive)
 
 
 @dg.asset(

@@ -193,6 +193,9 @@ def test_serve_benchmark_on_the_shared_tiny_pipeline(tiny_pipeline: tuple, tmp_p
     assert rows["batch of 32 rows, end to end"]["n"] == record["config"]["batch_requests"] > 0
     ratio = rows["batch-32 throughput"]["median"] / rows["single-case throughput"]["median"]
     assert record["ratios"][0]["value"] == pytest.approx(ratio)
+    dicom = rows["batch DICOM work per row (scan + decode, 32 rows)"]
+    assert dicom["n"] == record["config"]["batch_requests"] and dicom["median"] > 0
+    assert "ceiling of batch-32 / single-case throughput" in {r["label"] for r in record["ratios"]}
 
 
 def test_run_all_merges_and_renders(tmp_path: Path) -> None:

@@ -35,6 +35,31 @@ def test_a_params_key_the_dataclass_lacks_fails_at_definition() -> None:
         config_class("KnobsConfig", Knobs, {"stepz": 5})
 
 
+def test_a_null_in_params_is_an_optional_field_left_to_the_domain() -> None:
+    config = config_class("KnobsConfig", Knobs, {"steps": None, "name": "y"})
+    assert config().steps is None and config(steps=4).steps == 4
+    with pytest.raises(Exception, match="steps"):
+        config(steps="many")
+
+
+def test_raw_archive_config_is_params_synth_typed_by_synth_config() -> None:
+    from cohorts.synthetic import SynthConfig, preset_config
+    from orchestration.assets.data import RawArchiveConfig
+
+    params = section("synth")
+    assert set(RawArchiveConfig.model_fields) == set(params)
+    sizes = {k: v for k, v in params.items() if k.startswith("n_") and v is not None}
+    expected = preset_config(
+        params["preset"], seed=params["seed"], regime=params["regime"],
+        workers=params["workers"], **sizes,
+    )  # fmt: skip
+    assert RawArchiveConfig().domain() == expected
+    domain = RawArchiveConfig(seed=5, n_archive=9).domain()
+    assert isinstance(domain, SynthConfig) and (domain.seed, domain.n_archive) == (5, 9)
+    with pytest.raises(Exception, match="regime"):
+        RawArchiveConfig(regime="high")
+
+
 def test_pretrain_run_config_is_params_yaml_plus_the_run_knobs() -> None:
     params = section("pretrain")
     assert set(PretrainRunConfig.model_fields) == {*params, "nproc_per_node", "encoder_init"}

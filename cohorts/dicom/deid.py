@@ -18,7 +18,7 @@ from functools import lru_cache
 import pydicom
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 
-from cohorts.dicom.values import header_value, memoizable
+from cohorts.dicom.values import HeaderValues, memoizable
 
 ANNEX_E_BASIC_PROFILE: tuple[str, ...] = (
     "AccessionNumber", "AcquisitionComments", "AcquisitionContextSequence", "AcquisitionDate",
@@ -117,23 +117,27 @@ def _tag_kind(tag: int) -> tuple[str, str]:
     return ("look" if "SQ" in vr else "skip"), keyword
 
 
-def annex_e_values(ds: pydicom.Dataset) -> Iterator[tuple[str, str, str]]:
+def annex_e_values(
+    ds: pydicom.Dataset, values: HeaderValues | None = None
+) -> Iterator[tuple[str, str, str]]:
     """(keyword, VR, value) of every Annex E attribute in ``ds``, sequences included.
 
     Multi-valued elements give one value each; a listed sequence gives every value inside
     it (e.g. the names in OperatorIdentificationSequence). Empty values are skipped.
 
     Only listed elements and possible sequences are converted from their raw bytes (the rest
-    are recognised by tag and VR), listed plain values through ``header_value``'s memo; an
-    element whose file VR says SQ is descended into whatever the dictionary says.
+    are recognised by tag and VR), listed plain values through ``HeaderValues``' memo; an
+    element whose file VR says SQ is descended into whatever the dictionary says. ``values``:
+    the caller's ``HeaderValues`` of ``ds``, when it has one.
     """
+    values = values if values is not None else HeaderValues(ds)
     for tag, raw in list(ds.items()):  # raw or converted elements; iterating ds converts all
         kind, keyword = _tag_kind(int(tag))
         if kind == "skip" and getattr(raw, "VR", None) != "SQ":
             continue
         vr = memoizable(raw) if kind == "listed" else None
         if vr is not None:
-            yield from _values_of(keyword, vr, header_value(ds, tag))
+            yield from _values_of(keyword, vr, values.get(int(tag)))
             continue
         element = ds[tag]
         keyword = element.keyword

@@ -41,7 +41,7 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
 
 from cohorts.dicom.deid import annex_e_values
-from cohorts.dicom.values import header_value
+from cohorts.dicom.values import HeaderValues
 from cohorts.privacy import SYNTHETIC_DICOM_MARK
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
@@ -157,22 +157,23 @@ def _tag(keyword: str) -> int:
     return tag
 
 
-def _get(ds: pydicom.Dataset, keyword: str, default: object = None) -> Any:
-    """``ds.get(keyword, default)`` through ``header_value``'s memo of converted values."""
-    return header_value(ds, _tag(keyword), default)
+def _get(values: HeaderValues, keyword: str, default: object = None) -> Any:
+    """``ds.get(keyword, default)`` through ``HeaderValues``' memo of converted values."""
+    return values.get(_tag(keyword), default)
 
 
-def stored_value(value: object, ds: pydicom.Dataset) -> int | None:
-    """A US-or-SS attribute as an int (implicit VR files may leave it as raw bytes)."""
+def stored_value(value: object, pixel_representation: object) -> int | None:
+    """A US-or-SS attribute as an int (implicit VR files may leave it as raw bytes, signed
+    when the file's PixelRepresentation is 1)."""
     if value is None:
         return None
     if isinstance(value, bytes):
-        signed = int(_get(ds, "PixelRepresentation", 0)) == 1
+        signed = int(pixel_representation or 0) == 1
         return int.from_bytes(value[:2], "little", signed=signed)
     return int(value)  # type: ignore[call-overload]
 
 
-def _native_pixels(ds: pydicom.Dataset) -> NativePixels | None:
+def _native_pixels(ds: pydicom.Dataset, values: HeaderValues) -> NativePixels | None:
     """``NativePixels`` for a single-frame, single-sample, little-endian native slice, or None.
 
     None whenever a value is missing, odd or fails to convert: the decode step then parses
@@ -185,22 +186,28 @@ def _native_pixels(ds: pydicom.Dataset) -> NativePixels | None:
         length = getattr(raw, "length", None)
         if ts not in _NATIVE_SYNTAXES or offset is None or length in (None, _UNDEFINED_LENGTH):
             return None
-        if int(_get(ds, "SamplesPerPixel", 1)) != 1 or int(_get(ds, "NumberOfFrames", 1) or 1) != 1:
+        if (
+            int(_get(values, "SamplesPerPixel", 1)) != 1
+            or int(_get(values, "NumberOfFrames", 1) or 1) != 1
+        ):
             return None
-        bits = int(_get(ds, "BitsAllocated"))
-        photometric = str(_get(ds, "PhotometricInterpretation"))
-        rows, columns = int(_get(ds, "Rows")), int(_get(ds, "Columns"))
+        bits = int(_get(values, "BitsAllocated"))
+        photometric = str(_get(values, "PhotometricInterpretation"))
+        rows, columns = int(_get(values, "Rows")), int(_get(values, "Columns"))
         if bits not in (8, 16, 32) or photometric not in ("MONOCHROME1", "MONOCHROME2"):
             return None
         if length < rows * columns * bits // 8:
             return None
-        slope = float(_get(ds, "RescaleSlope", 1.0) or 1.0)
-        intercept = float(_get(ds, "RescaleIntercept", 0.0) or 0.0)
+        slope = float(_get(values, "RescaleSlope", 1.0) or 1.0)
+        intercept = float(_get(values, "RescaleIntercept", 0.0) or 0.0)
         if not (math.isfinite(slope) and math.isfinite(intercept)):
             return None
-        padding = stored_value(_get(ds, "PixelPaddingValue"), ds)
+        representation = _get(values, "PixelRepresentation", 0)
+        padding = stored_value(_get(values, "PixelPaddingValue"), representation)
         limit = (
-            stored_value(_get(ds, "PixelPaddingRangeLimit"), ds) if padding is not None else None
+            stored_value(_get(values, "PixelPaddingRangeLimit"), representation)
+            if padding is not None
+            else None
         )
         return NativePixels(
             offset=int(offset),
@@ -209,8 +216,8 @@ def _native_pixels(ds: pydicom.Dataset) -> NativePixels | None:
             rows=rows,
             columns=columns,
             bits_allocated=bits,
-            bits_stored=int(_get(ds, "BitsStored", bits) or bits),
-            pixel_representation=int(_get(ds, "PixelRepresentation", 0) or 0),
+            bits_stored=int(_get(values, "BitsStored", bits) or bits),
+            pixel_representation=int(_get(values, "PixelRepresentation", 0) or 0),
             photometric=photometric,
             slope=slope,
             intercept=intercept,
@@ -221,7 +228,7 @@ def _native_pixels(ds: pydicom.Dataset) -> NativePixels | None:
         return None
 
 
-def _pixel_data_problem(ds: pydicom.Dataset, path: Path, size_bytes: int) -> str:
+def _pixel_data_problem(ds: pydicom.Dataset, values: HeaderValues, size_bytes: int) -> str:
     """``missing_pixel_data`` / ``truncated`` / "" judged from the deferred element only."""
     if "PixelData" not in ds:
         return "missing_pixel_data"
@@ -242,11 +249,11 @@ def _pixel_data_problem(ds: pydicom.Dataset, path: Path, size_bytes: int) -> str
         return ""  # encapsulated frames: only decoding can tell
     if "Rows" in ds and "BitsAllocated" in ds:
         expected = (
-            int(_get(ds, "Rows"))
-            * int(_get(ds, "Columns"))
-            * int(_get(ds, "SamplesPerPixel", 1))
-            * int(_get(ds, "NumberOfFrames", 1) or 1)
-            * int(_get(ds, "BitsAllocated"))
+            int(_get(values, "Rows"))
+            * int(_get(values, "Columns"))
+            * int(_get(values, "SamplesPerPixel", 1))
+            * int(_get(values, "NumberOfFrames", 1) or 1)
+            * int(_get(values, "BitsAllocated"))
             // 8
         )
         if length < expected:
@@ -257,21 +264,21 @@ def _pixel_data_problem(ds: pydicom.Dataset, path: Path, size_bytes: int) -> str
 _DICOM_DATE = re.compile(r"[0-9]{8}")
 
 
-def _identifiers(ds: pydicom.Dataset) -> tuple[str, ...]:
+def _identifiers(ds: pydicom.Dataset, values: HeaderValues) -> tuple[str, ...]:
     """Raw identifying strings of a file: every DICOM PS3.15 Annex E attribute's value
     (``cohorts.dicom.deid``), name parts, and each date also in its ISO form.
 
     Dates are identifiers too (HIPAA Safe Harbor): an export folder named after the study day
     would otherwise carry the real date past the date shift.
     """
-    values: set[str] = set()
-    for _keyword, vr, value in annex_e_values(ds):
-        values.add(value)
+    found: set[str] = set()
+    for _keyword, vr, value in annex_e_values(ds, values):
+        found.add(value)
         if vr == "PN":
-            values.update(p for p in value.replace("^", " ").split() if len(p) >= 3)
+            found.update(p for p in value.replace("^", " ").split() if len(p) >= 3)
         elif vr in ("DA", "DT") and _DICOM_DATE.match(value):
-            values.add(f"{value[:4]}-{value[4:6]}-{value[6:8]}")
-    return tuple(sorted(values))
+            found.add(f"{value[:4]}-{value[4:6]}-{value[6:8]}")
+    return tuple(sorted(found))
 
 
 def redact_path(relative: str, identifiers: set[str], key: bytes) -> str:
@@ -312,39 +319,40 @@ def read_header(path: Path) -> SliceHeader | tuple[Path, str] | None:
     except Exception:  # noqa: BLE001 - pydicom raises many types on a broken header
         return path, "unreadable_header"
     try:  # values convert lazily: a damaged element raises on first access, not in dcmread
+        values = HeaderValues(ds)
         sop_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
         if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
             return None
-        series_uid = str(_get(ds, "SeriesInstanceUID", "") or "")
+        series_uid = str(_get(values, "SeriesInstanceUID", "") or "")
     except Exception:  # noqa: BLE001 - e.g. NotImplementedError for an unknown VR
         return path, "unreadable_header"
     if not series_uid:
         return path, "no_series_uid"
     try:
-        problem = _pixel_data_problem(ds, path, stat.st_size)
-        study_date = str(_get(ds, "StudyDate", "") or _get(ds, "SeriesDate", "") or "")
-        thickness = _get(ds, "SliceThickness")
+        problem = _pixel_data_problem(ds, values, stat.st_size)
+        study_date = str(_get(values, "StudyDate", "") or _get(values, "SeriesDate", "") or "")
+        thickness = _get(values, "SliceThickness")
         return SliceHeader(
             path=path,
             size_bytes=stat.st_size,
             mtime_ns=stat.st_mtime_ns,
             series_uid=series_uid,
-            study_uid=str(_get(ds, "StudyInstanceUID", "") or ""),
-            patient_id=str(_get(ds, "PatientID", "") or "") or f"no-patient-id:{series_uid}",
+            study_uid=str(_get(values, "StudyInstanceUID", "") or ""),
+            patient_id=str(_get(values, "PatientID", "") or "") or f"no-patient-id:{series_uid}",
             study_date=study_date,
-            modality=str(_get(ds, "Modality", "") or ""),
-            image_type=_strings(_get(ds, "ImageType")),
-            position_mm=_floats(_get(ds, "ImagePositionPatient"), 3),  # type: ignore[arg-type]
-            orientation=_floats(_get(ds, "ImageOrientationPatient"), 6),  # type: ignore[arg-type]
-            pixel_spacing_mm=_floats(_get(ds, "PixelSpacing"), 2),  # type: ignore[arg-type]
+            modality=str(_get(values, "Modality", "") or ""),
+            image_type=_strings(_get(values, "ImageType")),
+            position_mm=_floats(_get(values, "ImagePositionPatient"), 3),  # type: ignore[arg-type]
+            orientation=_floats(_get(values, "ImageOrientationPatient"), 6),  # type: ignore[arg-type]
+            pixel_spacing_mm=_floats(_get(values, "PixelSpacing"), 2),  # type: ignore[arg-type]
             slice_thickness_mm=_positive_or_none(thickness),
-            rows=int(_get(ds, "Rows", 0) or 0),
-            columns=int(_get(ds, "Columns", 0) or 0),
-            n_frames=int(_get(ds, "NumberOfFrames", 1) or 1),
+            rows=int(_get(values, "Rows", 0) or 0),
+            columns=int(_get(values, "Columns", 0) or 0),
+            n_frames=int(_get(values, "NumberOfFrames", 1) or 1),
             problem=problem,
-            identifiers=_identifiers(ds),
-            synthetic=str(_get(ds, "DeidentificationMethod", "") or "") == SYNTHETIC_DICOM_MARK,
-            native=None if problem else _native_pixels(ds),
+            identifiers=_identifiers(ds, values),
+            synthetic=str(_get(values, "DeidentificationMethod", "") or "") == SYNTHETIC_DICOM_MARK,
+            native=None if problem else _native_pixels(ds, values),
         )
     except Exception:  # noqa: BLE001 - a value that does not convert is a broken header
         return path, "unreadable_header"

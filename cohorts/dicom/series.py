@@ -233,8 +233,13 @@ def slice_to_hu(ds: pydicom.Dataset, path: Path) -> np.ndarray:
         raise SeriesError("bad_rescale", "slope or intercept not a number", files=[path]) from exc
     if not (np.isfinite(slope) and np.isfinite(intercept)):
         raise SeriesError("bad_rescale", f"slope {slope}, intercept {intercept}", files=[path])
-    padding = stored_value(ds.get("PixelPaddingValue"), ds)
-    limit = stored_value(ds.get("PixelPaddingRangeLimit"), ds) if padding is not None else None
+    representation = ds.get("PixelRepresentation", 0)
+    padding = stored_value(ds.get("PixelPaddingValue"), representation)
+    limit = (
+        stored_value(ds.get("PixelPaddingRangeLimit"), representation)
+        if padding is not None
+        else None
+    )
     return _to_hu(stored, slope, intercept, padding, limit)
 
 

@@ -53,7 +53,7 @@ def run(size: BenchSize, work_dir: Path) -> BenchResult:
     model = DiagnosticModel(build_encoder(examples, config)).eval()
     onnx_path = work_dir / "inference" / "model.onnx"
     example = tuple(torch.from_numpy(a) for a in _arrays(examples, 0, 2))
-    card = export_onnx(model, example, onnx_path, {"purpose": "benchmark"})
+    card = export_onnx(model, example, onnx_path, {"purpose": "benchmark"}, sizes["export"].opset)
     session, _ = load_verified_session(onnx_path)
     result.config = {
         "embed_dim": config.embed_dim,

@@ -21,6 +21,7 @@ from benchmarks.common import BenchResult, BenchSize, in_child
 from cohorts.ehr.features import ehr_feature_names
 from cohorts.example_set import FIELDS, random_examples
 from models.data import example_tensors
+from models.export import ExportSettings
 from models.jepa.config import PretrainConfig, build_encoder
 from models.jepa.step import Schedule, new_training, train_step
 
@@ -29,7 +30,8 @@ COMMAND_GPU = "python -m benchmarks.run --only jepa_gpu"
 
 
 def pretrain_sizes() -> dict[str, Any]:
-    """params.yaml base `pretrain` section (no profile) plus the input sizes it trains on."""
+    """params.yaml base `pretrain` section (no profile), the input sizes it trains on, and the
+    `export` settings its ONNX files are written with."""
     from orchestration.params import load_params  # yaml only: no torch, Dagster or Feast
 
     params = load_params()
@@ -38,6 +40,7 @@ def pretrain_sizes() -> dict[str, Any]:
         "crop_size_vox": int(params["curate"]["crop_size_vox"]),
         "timepoints": int(params["examples"]["max_timepoints"]),
         "n_ehr": len(ehr_feature_names(int(params["features"]["n_signatures"]))),
+        "export": ExportSettings(**params["export"]),
     }
 
 

@@ -39,7 +39,19 @@ from models.onnx_runtime import (
 )
 
 FIELDS: tuple[str, ...] = INPUT_FIELDS
-PARITY_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """params.yaml `export`: how the diagnostic models become ONNX files.
+
+    opset: the ONNX operator set the graph is written in (onnxruntime must support it).
+    parity_tolerance: the largest |torch - onnxruntime| probability (0-1 scale) an export may
+        show on held-out cases and still be published.
+    """
+
+    opset: int
+    parity_tolerance: float
 
 
 @dataclass(frozen=True)
@@ -69,7 +81,7 @@ class ParityResult:
     max_abs_diff: float
     n_cases: int
     passed: bool
-    tolerance: float = PARITY_TOLERANCE
+    tolerance: float
 
 
 def _tensor_spec(name: str, tensor: torch.Tensor) -> dict[str, Any]:
@@ -135,7 +147,7 @@ def export_onnx(
     example_inputs: tuple[torch.Tensor, ...],
     path: Path,
     metadata: dict[str, str],
-    opset: int = 18,
+    opset: int,
     input_names: tuple[str, ...] = FIELDS,
     dynamo: bool | None = None,
     card_path: Path | None = None,
@@ -212,7 +224,7 @@ def verify_parity(
     model: nn.Module,
     onnx_path: Path,
     inputs: tuple[np.ndarray, ...],
-    tolerance: float = PARITY_TOLERANCE,
+    tolerance: float,
 ) -> ParityResult:
     """Compare torch (eval, no grad) with onnxruntime on the same inputs.
 

@@ -9,7 +9,7 @@ import torch
 from cohorts.example_set import FIELDS, load_examples
 from cohorts.files import atomic_write_json
 from cohorts.quality.drift import ERROR, DriftThresholds, compare_cohorts, load_profile
-from models.export import export_onnx, record_parity, verify_parity
+from models.export import ExportSettings, export_onnx, record_parity, verify_parity
 from models.figures import plot_promotions
 from models.finetune import load_model
 from models.onnx_runtime import load_verified_session, predict_onnx
@@ -30,9 +30,7 @@ PROMOTION_PLOT = "promotions.png"  # the production AUC over the log (models/fig
 EXPORTED_MODELS: tuple[str, ...] = ("jepa", "imaging_only")
 
 
-class ExportConfig(dg.Config):
-    opset: int = _EXPORT["opset"]
-    parity_tolerance: float = _EXPORT["parity_tolerance"]
+ExportConfig = config_class("ExportConfig", ExportSettings, _EXPORT, doc=ExportSettings.__doc__)
 
 
 def date_shift_metadata(records: dict[str, dict]) -> dict[str, str]:

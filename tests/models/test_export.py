@@ -13,7 +13,7 @@ from torch import nn
 
 from cohorts.example_set import FIELDS as DATA_FIELDS
 from cohorts.example_set import random_examples
-from models.export import FIELDS, export_onnx, record_parity, verify_parity
+from models.export import FIELDS, ExportSettings, export_onnx, record_parity, verify_parity
 from models.onnx_runtime import (
     ModelIntegrityError,
     load_verified_session,
@@ -21,9 +21,11 @@ from models.onnx_runtime import (
     read_onnx_metadata,
     sha256_file,
 )
+from orchestration.params import load_params
 
 REPO = Path(__file__).resolve().parents[2]
 N_EHR = 5
+SETTINGS = ExportSettings(**load_params()["export"])  # the product's opset and tolerance
 
 
 class TinyDiagnostic(nn.Module):
@@ -120,9 +122,9 @@ def test_export_writes_metadata_and_card(exported: tuple[TinyDiagnostic, Path]) 
 @pytest.mark.parametrize("batch", [1, 3, 17])
 def test_parity_and_dynamic_batch(exported: tuple[TinyDiagnostic, Path], batch: int) -> None:
     model, path = exported
-    result = verify_parity(model, path, _inputs(batch, seed=batch))
+    result = verify_parity(model, path, _inputs(batch, seed=batch), SETTINGS.parity_tolerance)
     assert result.n_cases == batch
-    assert result.passed and result.max_abs_diff <= 1e-4
+    assert result.passed and result.max_abs_diff <= SETTINGS.parity_tolerance
 
 
 def test_parity_is_recorded_and_card_still_verifies(
@@ -131,7 +133,9 @@ def test_parity_is_recorded_and_card_still_verifies(
     model, path = exported
     card_path = tmp_path / "card.json"
     card_path.write_text((path.parent / "card.json").read_text())
-    card = record_parity(card_path, verify_parity(model, path, _inputs(4)))
+    card = record_parity(
+        card_path, verify_parity(model, path, _inputs(4), SETTINGS.parity_tolerance)
+    )
     assert card["extra"]["parity"]["passed"] is True
     session, loaded = load_verified_session(path, card_path)
     assert loaded["extra"]["parity"]["n_cases"] == 4
@@ -155,10 +159,12 @@ def _real_shaped_round_trip(tmp_path: Path, dynamo: bool | None) -> str:
     arrays = tuple(getattr(ex, name) for name in FIELDS)
     model = TinyDiagnostic()
     path = tmp_path / "model.onnx"
-    card = export_onnx(model, _torch(arrays), path, METADATA, dynamo=dynamo)
-    assert verify_parity(model, path, arrays).passed
+    card = export_onnx(model, _torch(arrays), path, METADATA, SETTINGS.opset, dynamo=dynamo)
+    assert verify_parity(model, path, arrays, SETTINGS.parity_tolerance).passed
     more = random_examples(11, timepoints=3, crop_size_vox=32, n_ehr=N_EHR, seed=2)
-    assert verify_parity(model, path, tuple(getattr(more, n) for n in FIELDS)).passed
+    assert verify_parity(
+        model, path, tuple(getattr(more, n) for n in FIELDS), SETTINGS.parity_tolerance
+    ).passed
     return card.exporter
 
 
@@ -177,9 +183,11 @@ def test_export_refuses_random_forward_and_bad_metadata(tmp_path: Path) -> None:
             return super().forward(*inputs) + torch.rand(inputs[0].shape[0])
 
     with pytest.raises(ValueError, match="not deterministic"):
-        export_onnx(Noisy(), _torch(_inputs(2)), tmp_path / "m.onnx", METADATA)
+        export_onnx(Noisy(), _torch(_inputs(2)), tmp_path / "m.onnx", METADATA, SETTINGS.opset)
     with pytest.raises(TypeError, match="strings"):
-        export_onnx(TinyDiagnostic(), _torch(_inputs(2)), tmp_path / "m.onnx", {"n": 3})  # type: ignore[dict-item]
+        export_onnx(
+            TinyDiagnostic(), _torch(_inputs(2)), tmp_path / "m.onnx", {"n": 3}, SETTINGS.opset
+        )  # type: ignore[dict-item]
     assert not (tmp_path / "m.onnx").exists()
 
 
@@ -195,9 +203,11 @@ def test_diagnostic_model_exports(tmp_path: Path) -> None:
     ex = random_examples(4, timepoints=3, crop_size_vox=16, n_ehr=N_EHR, seed=0)
     arrays = tuple(getattr(ex, name) for name in FIELDS)
     path = tmp_path / "model.onnx"
-    export_onnx(model, _torch(arrays), path, METADATA)
+    export_onnx(model, _torch(arrays), path, METADATA, SETTINGS.opset)
     more = random_examples(9, timepoints=3, crop_size_vox=16, n_ehr=N_EHR, seed=5)
-    result = verify_parity(model, path, tuple(getattr(more, n) for n in FIELDS))
+    result = verify_parity(
+        model, path, tuple(getattr(more, n) for n in FIELDS), SETTINGS.parity_tolerance
+    )
     assert result.passed, result
 
 

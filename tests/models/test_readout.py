@@ -10,9 +10,12 @@ from cohorts.example_set import FIELDS, random_examples
 from models.data import example_tensors
 from models.diagnostic import DiagnosticModel
 from models.encoders import IMAGE, EncoderConfig, MultimodalEncoder
-from models.export import export_onnx, verify_parity
+from models.export import ExportSettings, export_onnx, verify_parity
 from models.finetune import load_model, save_model
 from models.readout import READOUTS, AttentionPool, centre_patches, readout_width
+from orchestration.params import load_params
+
+SETTINGS = ExportSettings(**load_params()["export"])  # the product's opset and tolerance
 
 N_EHR = 5
 
@@ -104,8 +107,13 @@ def test_every_readout_trains_saves_loads_and_exports(readout: str, tmp_path: Pa
     with torch.no_grad():
         torch.testing.assert_close(again(*inputs), model(*inputs))
     example = (inputs[0][:2].float(), *(t[:2] for t in inputs[1:]))
-    export_onnx(model, example, tmp_path / "m.onnx", {"model": readout})
-    parity = verify_parity(model, tmp_path / "m.onnx", tuple(t.numpy() for t in _inputs(9, 3)))
+    export_onnx(model, example, tmp_path / "m.onnx", {"model": readout}, SETTINGS.opset)
+    parity = verify_parity(
+        model,
+        tmp_path / "m.onnx",
+        tuple(t.numpy() for t in _inputs(9, 3)),
+        SETTINGS.parity_tolerance,
+    )
     assert parity.passed, parity
 
 
@@ -128,9 +136,15 @@ def test_conv_stem_model_exports_with_parity(tmp_path: Path) -> None:
     model = DiagnosticModel(MultimodalEncoder(_config(patch_stem="conv", stem_width=4))).eval()
     inputs = _inputs()
     export_onnx(
-        model, (inputs[0][:2].float(), *(t[:2] for t in inputs[1:])), tmp_path / "c.onnx", {}
+        model,
+        (inputs[0][:2].float(), *(t[:2] for t in inputs[1:])),
+        tmp_path / "c.onnx",
+        {},
+        SETTINGS.opset,
     )
-    parity = verify_parity(model, tmp_path / "c.onnx", tuple(t.numpy() for t in inputs))
+    parity = verify_parity(
+        model, tmp_path / "c.onnx", tuple(t.numpy() for t in inputs), SETTINGS.parity_tolerance
+    )
     assert parity.passed, parity
 
 

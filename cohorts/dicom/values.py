@@ -57,15 +57,6 @@ def memoizable(raw: object) -> str | None:
     return None if vr in ("SQ", "UN") or " or " in vr else vr
 
 
-def header_value(ds: pydicom.Dataset, tag: int, default: Any = None) -> Any:
-    """``ds[tag].value`` (``default`` when absent), converted at most once per raw form.
-
-    Raises what pydicom raises for an element that does not convert, like ``ds[tag]``. For
-    many values of one file, ``HeaderValues`` looks each up without pydicom's per-call work.
-    """
-    return HeaderValues(ds).get(tag, default)
-
-
 class HeaderValues:
     """One dataset's top-level values by tag, each through the memo.
 

@@ -217,7 +217,7 @@ def _native_pixels(ds: pydicom.Dataset, values: HeaderValues) -> NativePixels | 
             columns=columns,
             bits_allocated=bits,
             bits_stored=int(_get(values, "BitsStored", bits) or bits),
-            pixel_representation=int(_get(values, "PixelRepresentation", 0) or 0),
+            pixel_representation=int(representation or 0),
             photometric=photometric,
             slope=slope,
             intercept=intercept,

@@ -24,8 +24,9 @@ from models.onnx_runtime import load_verified_session, predict_onnx
 
 COMMAND = "python -m benchmarks.run --only inference"
 BLOCK = 10
-"""Cases per engine turn: alternating call by call would bill onnxruntime's spinning
-worker threads (they keep a core busy briefly after each run) to the next torch call."""
+"""Cases per engine turn: alternating call by call would bill one engine's idle threads (torch's
+OpenMP pool spins briefly after each call; our onnxruntime sessions do not, see
+``models.onnx_runtime.session_options``) to the other engine's next call."""
 
 
 def _arrays(examples, start: int, stop: int) -> tuple[np.ndarray, ...]:

@@ -191,6 +191,7 @@ def run(
             data_dir=root / "data",
             feature_repo_dir=REPO / "feature_repo",
             curation=settings,
+            header_workers=int(section("serve", profile)["header_workers"]),
         )
     )
     body = {
@@ -199,19 +200,22 @@ def run(
         "patient_id": case["mrn"],
     }
     reps = size.reps * 4
-    timed = interleaved(
-        {
-            "end to end": lambda: predict(request)["probability"],
-            "service": lambda: service.predict(body)["probability"],
-            "model only": lambda: float(predict_onnx(session, inputs)[0]),
-        },
-        reps=reps,
-        warmup=max(1, size.warmup),
-    )
+    try:
+        timed = interleaved(
+            {
+                "end to end": lambda: predict(request)["probability"],
+                "service": lambda: service.predict(body)["probability"],
+                "model only": lambda: float(predict_onnx(session, inputs)[0]),
+            },
+            reps=reps,
+            warmup=max(1, size.warmup),
+        )
+    finally:
+        service.close()
     medians = {}
     for name, label in (
         ("end to end", "predict() in-process, end to end"),
-        ("service", "PredictionService.predict(), session and store kept open"),
+        ("service", "PredictionService.predict(), session, store and header workers kept open"),
         ("model only", "predict_onnx() alone, same inputs"),
     ):
         medians[name] = result.add(label, "ms", [s * 1e3 for s, _ in timed[name]])["median"]

@@ -34,6 +34,8 @@ from benchmarks.predict import PROFILE, REPO, model_and_store
 from cohorts.dicom.scan import scan_dicom_tree
 from cohorts.dicom.series import validate_headers, volume_from_geometry
 from cohorts.files import atomic_write_bytes
+from orchestration.params import section
+from serving.headers import FolderReader, folder_reader
 
 COMMAND = "python -m benchmarks.run --only serve"
 BATCH = 32
@@ -94,12 +96,12 @@ def cases_and_batch(root: Path, out_dir: Path, n_cases: int) -> tuple[list[dict]
     return cases, batch
 
 
-def batch_dicom_seconds(batch: dict[str, Any]) -> float:
+def batch_dicom_seconds(batch: dict[str, Any], read: FolderReader) -> float:
     """Seconds of the DICOM work a batch request cannot share away: the folder's header scan
-    and one decode per named series, by the calls ``serving.batch`` makes (no crop, no model,
-    no store, no HTTP)."""
+    (by ``read``, the service's reader) and one decode per named series, by the calls
+    ``serving.batch`` makes (no crop, no model, no store, no HTTP)."""
     started = time.perf_counter()
-    tree = scan_dicom_tree(Path(batch["dicom_root"]))
+    tree = read(Path(batch["dicom_root"]))
     for uid in sorted({row["seriesuid"] for row in batch["annotations"]}):
         volume_from_geometry(validate_headers(tree.series[uid], 1))
     return time.perf_counter() - started
@@ -142,6 +144,8 @@ def run(
     singles = 500 if size.name == "full" else 40
     rounds = 10 if size.name == "full" else 2
     proc, base = start_server(root, profile, work_dir / "serve" / "serve.log")
+    header_workers = int(section("serve", profile)["header_workers"])
+    read = folder_reader(header_workers)  # the server's own reader, for its DICOM work alone
     try:
         for body in cases[:2]:  # warm-up: open the model and the store
             post(base, "/predict", body)
@@ -164,8 +168,9 @@ def run(
             batch_s.append(time.perf_counter() - started)
             if status != 200 or answer.get("failed"):
                 errors[f"batch {status}"] = errors.get(f"batch {status}", 0) + 1
-            dicom_s.append(batch_dicom_seconds(batch))
+            dicom_s.append(batch_dicom_seconds(batch, read))
     finally:
+        getattr(read, "close", lambda: None)()
         proc.terminate()
         proc.wait(timeout=30)
     pct = percentiles_ms(single_s)
@@ -206,6 +211,7 @@ def run(
         "errors": sum(errors.values()),
         "error_kinds": errors,
         "client": "urllib, one request at a time, 60 s timeout",
+        "header_workers": header_workers,
     }
     shutil.rmtree(work_dir / "serve" / "cases", ignore_errors=True)
     return result

@@ -80,14 +80,17 @@ def pool_map(
     progress: bool,
     preload: Sequence[str] = (),
     pool: ProcessPoolExecutor | None = None,
+    chunks_per_worker: int = 8,
 ) -> Iterator[R]:
     """Map in input order over a process pool (in-process for one worker or item), with a bar.
 
     pool: a ``worker_pool`` to run on (kept open after the map); None starts one for this map
     alone, with ``preload`` (as in ``process_pool``; default: the module defining ``func``).
-    Every item is submitted at once, in chunks of len(items) / (8 * workers), so workers never
-    wait on the consumer. Work starts on the first ``next``; if the consumer stops early, the
-    chunks not yet started are cancelled. Raises ``WorkerDied`` (naming ``desc``) when a
+    Every item is submitted at once, in chunks of len(items) / (chunks_per_worker * workers),
+    so workers never wait on the consumer (8 balances uneven items over a long map; a
+    latency-bound map of a hundred small items wants 1: each chunk is a round trip). Work
+    starts on the first ``next``; if the consumer stops early, the chunks not yet started are
+    cancelled. Raises ``WorkerDied`` (naming ``desc``) when a
     worker process dies, instead of waiting forever.
     """
     if not items:
@@ -102,7 +105,7 @@ def pool_map(
             bar.close()
 
         return serial()
-    size = max(1, len(items) // (workers * 8))
+    size = max(1, -(-len(items) // (workers * chunks_per_worker)))
 
     def run() -> Iterator[R]:
         executor = pool or process_pool(

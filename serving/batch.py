@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 
 from cohorts.dicom import CTVolume, SeriesError
-from cohorts.dicom.scan import scan_dicom_tree
 from cohorts.dicom.series import validate_headers, volume_from_geometry
 from cohorts.privacy import date_shift_days, pseudonymise, shift_date
 from models.onnx_runtime import predict_onnx
@@ -35,6 +34,7 @@ from serving.features import (
     open_feature_store,
     row_features,
 )
+from serving.headers import FolderReader, read_folder
 from serving.model import ModelSpec, load_model
 from serving.predict import CurationSettings, crop_nodule, model_inputs, parse_date
 
@@ -95,13 +95,18 @@ def predict_batch(request: BatchRequest) -> list[dict[str, Any]]:
 
 
 def predict_batch_loaded(
-    request: BatchRequest, session: Any, spec: ModelSpec, store: StoreOpener
+    request: BatchRequest,
+    session: Any,
+    spec: ModelSpec,
+    store: StoreOpener,
+    read: FolderReader = read_folder,
 ) -> list[dict[str, Any]]:
-    """``predict_batch`` with the verified session already open and the store behind ``store``."""
+    """``predict_batch`` with the verified session already open, the store behind ``store``
+    and the root's headers read by ``read`` (``serving.headers``)."""
     frame = _read_annotation_rows(request)
     if not Path(request.dicom_root).is_dir():
         raise PredictionError(f"DICOM folder not found: {request.dicom_root}")
-    tree = scan_dicom_tree(Path(request.dicom_root))
+    tree = read(Path(request.dicom_root))
     settings = request.curation.for_model(spec).for_tree(tree)
     key = settings.pseudonym_key
     volumes: dict[str, tuple[CTVolume, dt.date] | str] = {}

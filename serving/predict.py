@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from cohorts.dicom import CTVolume, SeriesError, nodule_crop
-from cohorts.dicom.scan import ScanResult, scan_dicom_tree
+from cohorts.dicom.scan import ScanResult
 from cohorts.dicom.select import first_decodable
 from cohorts.dicom.series import validate_headers, volume_from_geometry
 from cohorts.example_set import padded_inputs
@@ -42,6 +42,7 @@ from serving.features import (
     online_ehr,
     open_feature_store,
 )
+from serving.headers import FolderReader, read_folder
 from serving.model import ModelSpec, load_model
 
 
@@ -107,19 +108,24 @@ def parse_date(text: str) -> dt.date:
 
 
 def read_scan(
-    dicom_dir: Path, patient_id: str, settings: CurationSettings, at: dt.date | None = None
+    dicom_dir: Path,
+    patient_id: str,
+    settings: CurationSettings,
+    at: dt.date | None = None,
+    read: FolderReader = read_folder,
 ) -> Scan:
     """The CT series to predict on: the patient's study on ``at`` (default: the latest).
 
     Walks the folder like curation, checks every series with the curation checks, and picks
     within the study the series curation would (thinnest first). Raises PredictionError with
     each series' reason when no series is a usable CT, and when the folder's PatientID is not
-    ``patient_id`` (a prediction must never mix two patients).
+    ``patient_id`` (a prediction must never mix two patients). ``read`` reads the folder's
+    headers (``serving.headers``: in-process, or the service's pool).
     """
     dicom_dir = Path(dicom_dir)
     if not dicom_dir.is_dir():
         raise PredictionError(f"DICOM folder not found: {dicom_dir}")
-    tree = scan_dicom_tree(dicom_dir)
+    tree = read(dicom_dir)
     if not tree.series:
         bad = ", ".join(sorted({reason for _, reason in tree.bad_files})) or "no files"
         raise PredictionError(f"no DICOM image series in {dicom_dir} ({bad})")
@@ -254,11 +260,16 @@ def predict(request: PredictRequest) -> dict[str, Any]:
 
 
 def predict_loaded(
-    request: PredictRequest, session: Any, spec: ModelSpec, store: StoreOpener
+    request: PredictRequest,
+    session: Any,
+    spec: ModelSpec,
+    store: StoreOpener,
+    read: FolderReader = read_folder,
 ) -> dict[str, Any]:
-    """``predict`` with the verified session already open and the store behind ``store``."""
+    """``predict`` with the verified session already open, the store behind ``store`` and the
+    folder's headers read by ``read``."""
     curation = request.curation.for_model(spec)
-    scan = read_scan(request.dicom_dir, request.patient_id, curation, request.at)
+    scan = read_scan(request.dicom_dir, request.patient_id, curation, request.at, read)
     key = scan.pseudonym_key
     patient = pseudonymise(request.patient_id, key, "patient")
     crop = crop_nodule(scan.volume, request.nodule_xyz_mm, spec)

@@ -5,7 +5,9 @@ call (6.1 s from the CLI, 211 ms in-process against 2.85 ms for the model call i
 clinic's PACS integration asks many times a day, so this object opens each model once (the
 same ``load_model`` check: a file whose sha256 is not its card's is refused), opens the store
 once, and answers from both until ``production.json`` changes, when it drops its sessions
-and opens the new production models on next use.
+and opens the new production models on next use. The header pass over a request's folder,
+most of a request's time, runs on ``header_workers`` processes it also keeps open
+(``serving.headers``).
 
 Plain Python (no web framework, no Dagster, no torch): ``serving.http`` puts HTTP on it and
 the tests call it directly. Requests arrive as JSON-like mappings with the fields of
@@ -27,6 +29,7 @@ from typing import Any
 from serving.batch import BatchRequest, predict_batch_loaded
 from serving.errors import PredictionError
 from serving.features import open_feature_store
+from serving.headers import folder_reader
 from serving.model import DEFAULT_MODEL, ModelSpec, load_model, production_model_path
 from serving.predict import (
     CurationSettings,
@@ -67,6 +70,7 @@ class ServiceConfig:
     data_dir: Path
     feature_repo_dir: Path
     curation: CurationSettings
+    header_workers: int  # params.yaml serve: processes reading request folders (1 = in-thread)
     allowed_dirs: tuple[Path, ...] = ()  # DICOM folders requests may name; () = any
 
 
@@ -86,6 +90,13 @@ class PredictionService:
         self._pointer_state: tuple[int, int, int] | None = None
         self.reloads = 0
         self.started = dt.datetime.now(dt.UTC)
+        self._read = folder_reader(config.header_workers)
+
+    def close(self) -> None:
+        """Stop the header workers, if any (a later request starts them again)."""
+        close = getattr(self._read, "close", None)
+        if close is not None:
+            close()
 
     # ------------------------------------------------------------ state
 
@@ -146,6 +157,8 @@ class PredictionService:
             "models_open": sorted(spec.name for spec in self._open_specs()),
             "reloads": self.reloads,
             "torch_loaded": "torch" in sys.modules,  # the serving path never loads it
+            "header_workers": self.config.header_workers,
+            "header_pool_restarts": getattr(self._read, "restarts", 0),
             "up_since": self.started.isoformat(timespec="seconds"),
         }
 
@@ -175,7 +188,7 @@ class PredictionService:
         with self._lock:
             session, spec = self._model(_mapping(case, "request").get("model"))
             request = self._case_request(case, spec)
-            return predict_loaded(request, session, spec, self._feature_store)
+            return predict_loaded(request, session, spec, self._feature_store, self._read)
 
     def predict_batch(self, batch: Mapping[str, Any]) -> list[dict[str, Any]]:
         """One result per annotation row, in order; a row that cannot be predicted has
@@ -199,7 +212,7 @@ class PredictionService:
                 curation=self.config.curation,
                 allow_missing_ehr=_flag(batch, "allow_missing_ehr"),
             )
-            return predict_batch_loaded(request, session, spec, self._feature_store)
+            return predict_batch_loaded(request, session, spec, self._feature_store, self._read)
 
     def _folder(self, request: Mapping[str, Any], name: str) -> Path:
         """A folder the request names, refused outside ``allowed_dirs`` (when configured)."""

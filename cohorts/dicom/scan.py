@@ -299,8 +299,13 @@ def redact_path(relative: str, identifiers: set[str], key: bytes) -> str:
     return "/".join(parts)
 
 
-def read_header(path: Path) -> SliceHeader | tuple[Path, str] | None:
-    """Header of one file; ``(path, reason)`` for an unusable file; None for a DICOMDIR."""
+def read_header(path: Path, identifiers: bool = True) -> SliceHeader | tuple[Path, str] | None:
+    """Header of one file; ``(path, reason)`` for an unusable file; None for a DICOMDIR.
+
+    ``identifiers=False`` leaves ``SliceHeader.identifiers`` empty: collecting every Annex E
+    value is ~15 % of the pass and serves only ``redact_path``, for callers that write paths
+    (curation's tables). Serving reports no paths and skips it.
+    """
     try:
         stat = path.stat()
     except OSError:
@@ -350,7 +355,7 @@ def read_header(path: Path) -> SliceHeader | tuple[Path, str] | None:
             columns=int(_get(values, "Columns", 0) or 0),
             n_frames=int(_get(values, "NumberOfFrames", 1) or 1),
             problem=problem,
-            identifiers=_identifiers(ds, values),
+            identifiers=_identifiers(ds, values) if identifiers else (),
             synthetic=str(_get(values, "DeidentificationMethod", "") or "") == SYNTHETIC_DICOM_MARK,
             native=None if problem else _native_pixels(ds, values),
         )
@@ -371,12 +376,15 @@ def group_headers(results: Iterable[SliceHeader | tuple[Path, str] | None | Path
     return scan
 
 
-def read_header_or_skip(path: Path) -> SliceHeader | tuple[Path, str] | Path:
+def read_header_or_skip(
+    path: Path, identifiers: bool = True
+) -> SliceHeader | tuple[Path, str] | Path:
     """``read_header`` with a DICOMDIR returned as its bare path (picklable for a pool)."""
-    result = read_header(path)
+    result = read_header(path, identifiers)
     return path if result is None else result
 
 
-def scan_dicom_tree(root: Path) -> ScanResult:
-    """Serial scan of a tree (the curation driver runs ``read_header_or_skip`` in a pool)."""
-    return group_headers(read_header_or_skip(p) for p in iter_files(root))
+def scan_dicom_tree(root: Path, identifiers: bool = True) -> ScanResult:
+    """Serial scan of a tree (the curation driver runs ``read_header_or_skip`` in a pool);
+    ``identifiers`` as in ``read_header``."""
+    return group_headers(read_header_or_skip(p, identifiers) for p in iter_files(root))

@@ -42,6 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             data_dir=data_dir,
             feature_repo_dir=REPO_ROOT / "feature_repo",
             curation=_serving_curation(),
+            header_workers=int(section("serve")["header_workers"]),
             allowed_dirs=tuple(Path(d) for d in args.allow_dir or ()),
         )
     )
@@ -57,7 +58,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"{health['production_version']}); POST /predict, /predict/batch; GET /health, /models",
         file=sys.stderr,
     )
-    serve(service, args.host, args.port)
+    try:
+        serve(service, args.host, args.port)
+    finally:
+        service.close()
     return 0
 
 

@@ -141,6 +141,9 @@ def test_parity_is_recorded_and_card_still_verifies(
     assert loaded["extra"]["parity"]["n_cases"] == 4
     probs = predict_onnx(session, _inputs(5, seed=3))
     assert probs.shape == (5,) and np.all((probs >= 0) & (probs <= 1))
+    # idle intra-op threads sleep: spinning ones take a core from the service's header workers
+    options = session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_tampered_model_is_refused(exported: tuple[TinyDiagnostic, Path], tmp_path: Path) -> None:

@@ -260,6 +260,7 @@ def test_folders_outside_allow_dir_are_refused(root: Path, case: dict[str, Any])
                 min_slices=int(section("curate", "tiny")["min_slices"]),
                 date_shift_max_days=privacy_config("tiny").date_shift_max_days,
             ),
+            header_workers=1,
             allowed_dirs=(allowed,),
         )
     )

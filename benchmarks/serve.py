@@ -31,7 +31,7 @@ import pandas as pd
 
 from benchmarks.common import BenchResult, BenchSize, percentiles_ms
 from benchmarks.predict import PROFILE, REPO, model_and_store
-from cohorts.dicom.scan import scan_dicom_tree
+from cohorts.dicom.scan import iter_files, scan_dicom_tree
 from cohorts.dicom.series import validate_headers, volume_from_geometry
 from cohorts.files import atomic_write_bytes
 from orchestration.params import section
@@ -151,6 +151,7 @@ def run(
             post(base, "/predict", body)
         post(base, "/predict/batch", batch)
         single_s: list[float] = []
+        single_case: list[int] = []  # which case each single request asked
         batch_s: list[float] = []
         dicom_s: list[float] = []  # the batch's own DICOM work, in this process
         errors: dict[str, int] = {}
@@ -160,6 +161,7 @@ def run(
                 started = time.perf_counter()
                 status, answer = post(base, "/predict", cases[asked % len(cases)])
                 single_s.append(time.perf_counter() - started)
+                single_case.append(asked % len(cases))
                 asked += 1
                 if status != 200:
                     errors[f"single {status}"] = errors.get(f"single {status}", 0) + 1
@@ -175,6 +177,21 @@ def run(
         proc.wait(timeout=30)
     pct = percentiles_ms(single_s)
     result.add("single case, end to end", "ms", [s * 1e3 for s in single_s], **pct)
+    # the header pass reads every file of every scan in the folder: latency by folder size
+    scans = [sum(1 for p in Path(c["dicom_dir"]).iterdir() if p.is_dir()) for c in cases]
+    files = [sum(1 for _ in iter_files(Path(c["dicom_dir"]))) for c in cases]
+    for n_scans in sorted(set(scans)):
+        picked = [s for s, c in zip(single_s, single_case, strict=True) if scans[c] == n_scans]
+        sizes = sorted({files[c] for c in range(len(cases)) if scans[c] == n_scans})
+        if not picked:
+            continue
+        result.add(
+            f"single case, {n_scans} scan(s) in the folder",
+            "ms",
+            [s * 1e3 for s in picked],
+            files=f"{sizes[0]}-{sizes[-1]}" if len(sizes) > 1 else sizes[0],
+            **percentiles_ms(picked),
+        )
     result.add(f"batch of {BATCH} rows, end to end", "ms", [s * 1e3 for s in batch_s])
     single_rate = len(single_s) / sum(single_s)
     batch_rate = BATCH * len(batch_s) / sum(batch_s)

@@ -27,9 +27,9 @@ import pandas as pd
 from cohorts.ehr.features import (
     AGE_AT_SCAN,
     BIRTH_REFERENCE_DAY,
-    add_age_at_scan,
+    age_years,
     birth_reference_days,
-    scan_timestamp,
+    scan_day_number,
 )
 from serving.errors import PredictionError
 
@@ -73,14 +73,9 @@ def refuse_torch() -> Iterator[None]:
 
 
 def age_at_scan_years(birth_reference_day: float, scan_date: dt.date) -> float:
-    """Age the way training computed it (``add_age_at_scan``), both dates shifted alike."""
-    frame = pd.DataFrame(
-        {
-            "event_timestamp": [scan_timestamp(scan_date)],
-            BIRTH_REFERENCE_DAY: [birth_reference_day],
-        }
-    )
-    return float(add_age_at_scan(frame)[AGE_AT_SCAN].iloc[0])
+    """Age by training's rule (``age_years``, which ``add_age_at_scan`` applies), both dates
+    shifted alike; without a one-row DataFrame (2 ms a row, most of a batch's EHR time)."""
+    return float(age_years(scan_day_number(scan_date), birth_reference_day))
 
 
 def _birth_day(raw: dict[str, Any], shift_days: int) -> float:

@@ -19,7 +19,9 @@ import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
 from cohorts.ehr.covariates import CLINICAL_HISTORY_FEATURES, DEMOGRAPHIC_FEATURES, clinical_history
 from cohorts.ehr.intensities import code_intensities
@@ -36,6 +38,7 @@ AGE_AT_SCAN = "age_at_scan_years"
 BIRTH_REFERENCE_DAY = "birth_reference_day"  # days since 1970-01-01; see birth_reference_days
 DAYS_PER_YEAR = 365.25
 _EPOCH = pd.Timestamp("1970-01-01")
+_EPOCH_DATE = dt.date(1970, 1, 1)
 KEY_COLUMNS: list[str] = ["patient_id", "event_timestamp", "cohort"]
 
 
@@ -72,17 +75,34 @@ def birth_reference_days(year_of_birth: pd.Series, shift_days: pd.Series | int =
     return ((mid_year - _EPOCH).dt.days + shift_days).astype("int64")
 
 
-def add_age_at_scan(df: pd.DataFrame, scan_ts_col: str = "event_timestamp") -> pd.DataFrame:
-    """Add age_at_scan_years = (scan day - birth_reference_day) / 365.25.
+def age_years(scan_day: ArrayLike, birth_reference_day: ArrayLike) -> np.ndarray:
+    """The age rule: (scan day - birth reference day) / 365.25, in years, float32.
 
-    Computed after retrieval because age depends on the scan, not on the EHR snapshot; a
-    difference of two day numbers, so it is the same whether or not both dates are shifted.
+    Both are day numbers (days since 1970-01-01); a difference of two, so the same whether or
+    not both dates are shifted. ``add_age_at_scan`` applies it to a table, serving to one
+    scan (``scan_day_number``); NaN birth gives NaN.
+    """
+    scan = np.asarray(scan_day, dtype=np.float64)
+    birth = np.asarray(birth_reference_day, dtype=np.float64)
+    return ((scan - birth) / DAYS_PER_YEAR).astype(np.float32)
+
+
+def scan_day_number(scan_date: dt.date) -> int:
+    """The day number of a scan's study day, as ``add_age_at_scan`` reads it from
+    ``scan_timestamp(scan_date)`` (00:00 UTC that day)."""
+    return (scan_date - _EPOCH_DATE).days
+
+
+def add_age_at_scan(df: pd.DataFrame, scan_ts_col: str = "event_timestamp") -> pd.DataFrame:
+    """Add age_at_scan_years (``age_years``) at each row's scan day.
+
+    Computed after retrieval because age depends on the scan, not on the EHR snapshot.
     """
     scan = pd.to_datetime(df[scan_ts_col], utc=True).dt.tz_convert(None).dt.normalize()
-    scan_day = (scan - _EPOCH).dt.days.astype("float64")
-    birth_day = pd.to_numeric(df[BIRTH_REFERENCE_DAY], errors="coerce").astype("float64")
+    scan_day = (scan - _EPOCH).dt.days.to_numpy()
+    birth_day = pd.to_numeric(df[BIRTH_REFERENCE_DAY], errors="coerce").to_numpy()
     out = df.copy()
-    out[AGE_AT_SCAN] = ((scan_day - birth_day) / DAYS_PER_YEAR).astype("float32")
+    out[AGE_AT_SCAN] = age_years(scan_day, birth_day)
     return out
 
 

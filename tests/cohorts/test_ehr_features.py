@@ -22,6 +22,7 @@ from cohorts.ehr import (
     fit_signatures,
     read_omop,
 )
+from cohorts.ehr.features import age_years, scan_day_number, scan_timestamp
 from cohorts.ehr.intensities import code_intensities
 from cohorts.ehr.snapshots import snapshot_index
 from cohorts.privacy import date_shift_days, pseudonymise
@@ -311,3 +312,24 @@ def test_person_without_events_has_demographics_only(tmp_path: Path) -> None:
         table = built.tables[view]
         assert table.empty and str(table["event_timestamp"].dt.tz) == "UTC"
     assert built.quality["snapshots"] == 0
+
+
+def test_one_scan_age_is_the_tables_age_to_the_bit() -> None:
+    """Serving's one-scan age (``age_years`` at ``scan_day_number``) equals what
+    ``add_age_at_scan`` gives the same scan in a table, float32 bit for bit, NaN birth
+    included: training and prediction share one age rule."""
+    rng = np.random.default_rng(0)
+    days = [dt.date(1990, 1, 1) + dt.timedelta(days=int(d)) for d in rng.integers(0, 15000, 200)]
+    births = birth_reference_days(
+        pd.Series(rng.integers(1920, 1990, 200)), pd.Series(rng.integers(-365, 1, 200))
+    ).astype("float64")
+    births.iloc[:3] = np.nan
+    table = add_age_at_scan(
+        pd.DataFrame(
+            {"event_timestamp": scan_timestamp(pd.Series(days)), "birth_reference_day": births}
+        )
+    )["age_at_scan_years"].to_numpy()
+    one = np.array([age_years(scan_day_number(d), b) for d, b in zip(days, births, strict=True)])
+    assert one.dtype == np.float32
+    np.testing.assert_array_equal(one, table)
+    assert np.isnan(one[:3]).all() and not np.isnan(one[3:]).any()

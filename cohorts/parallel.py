@@ -90,8 +90,8 @@ def pool_map(
     so workers never wait on the consumer (8 balances uneven items over a long map; a
     latency-bound map of a hundred small items wants 1: each chunk is a round trip). Work
     starts on the first ``next``; if the consumer stops early, the chunks not yet started are
-    cancelled. Raises ``WorkerDied`` (naming ``desc``) when a
-    worker process dies, instead of waiting forever.
+    cancelled. Raises ``WorkerDied`` (naming ``desc``) when a worker process dies, instead of
+    waiting forever.
     """
     if not items:
         return iter(())

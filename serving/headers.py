@@ -21,7 +21,13 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from cohorts.dicom.scan import ScanResult, group_headers, iter_files, read_header_or_skip
+from cohorts.dicom.scan import (
+    ScanResult,
+    group_headers,
+    iter_files,
+    read_header_or_skip,
+    scan_dicom_tree,
+)
 from cohorts.parallel import WorkerDied, pool_map, process_pool
 
 log = logging.getLogger("lungjepa.serve")
@@ -34,7 +40,7 @@ _read = functools.partial(read_header_or_skip, identifiers=False)
 
 def read_folder(root: Path) -> ScanResult:
     """Every file's header under ``root``, read in this process."""
-    return group_headers(map(_read, iter_files(root)))
+    return scan_dicom_tree(root, identifiers=False)
 
 
 class PooledFolderReader:

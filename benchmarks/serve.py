@@ -177,16 +177,16 @@ def run(
         proc.wait(timeout=30)
     pct = percentiles_ms(single_s)
     result.add("single case, end to end", "ms", [s * 1e3 for s in single_s], **pct)
-    # the header pass reads every file of every scan in the folder: latency by folder size
-    scans = [sum(1 for p in Path(c["dicom_dir"]).iterdir() if p.is_dir()) for c in cases]
+    # the header pass reads every file of every series in the folder: latency by folder size
+    series = [sum(1 for p in Path(c["dicom_dir"]).iterdir() if p.is_dir()) for c in cases]
     files = [sum(1 for _ in iter_files(Path(c["dicom_dir"]))) for c in cases]
-    for n_scans in sorted(set(scans)):
-        picked = [s for s, c in zip(single_s, single_case, strict=True) if scans[c] == n_scans]
-        sizes = sorted({files[c] for c in range(len(cases)) if scans[c] == n_scans})
+    for n_series in sorted(set(series)):
+        picked = [s for s, c in zip(single_s, single_case, strict=True) if series[c] == n_series]
+        sizes = sorted({files[c] for c in range(len(cases)) if series[c] == n_series})
         if not picked:
             continue
         result.add(
-            f"single case, {n_scans} scan(s) in the folder",
+            f"single case, {n_series} series in the folder (the patient's every scan)",
             "ms",
             [s * 1e3 for s in picked],
             files=f"{sizes[0]}-{sizes[-1]}" if len(sizes) > 1 else sizes[0],

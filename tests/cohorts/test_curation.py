@@ -458,7 +458,8 @@ def test_lung_statistics_of_a_chest_like_volume() -> None:
 
 
 def test_lung_statistics_masks_equal_their_definition_at_the_int16_edges() -> None:
-    """The wrap-around masks give the plain definition's numbers, extreme HU included."""
+    """The wrap-around masks and the histogram median give the plain definition's numbers
+    (``np.median`` of the masked voxels), extreme HU, several slabs and no body included."""
     from cohorts.dicom.decode import BODY_HU_MIN, LUNG_HU_RANGE, lung_statistics
 
     rng = np.random.default_rng(0)
@@ -467,6 +468,9 @@ def test_lung_statistics_masks_equal_their_definition_at_the_int16_edges() -> No
         rng.integers(-32768, 32768, (3, 7, 9)).astype(np.int16),
         rng.choice(edges, (4, 6, 11)).astype(np.int16),
         rng.integers(-1100, 300, (2, 5, 300)).astype(np.int16),
+        rng.integers(-1100, 300, (2, 5, 301)).astype(np.int16),  # odd and even lung counts
+        rng.integers(-1100, 300, (7, 300, 301)).astype(np.int16),  # several slabs
+        np.full((2, 3, 4), -1000, dtype=np.int16),  # no body at all
     ):
         tissue = hu > BODY_HU_MIN
         body = np.zeros_like(tissue)

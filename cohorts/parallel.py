@@ -111,11 +111,10 @@ def pool_map(
         executor = pool or process_pool(
             min(workers, len(items)), preload=preload or (func.__module__,)
         )
-        futures = [
-            executor.submit(_map_chunk, func, items[i : i + size])
-            for i in range(0, len(items), size)
-        ]
+        futures = []
         try:
+            for i in range(0, len(items), size):  # a pool already known broken refuses here
+                futures.append(executor.submit(_map_chunk, func, items[i : i + size]))
             for future in futures:
                 chunk = future.result()
                 bar.update(len(chunk))

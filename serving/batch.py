@@ -2,9 +2,10 @@
 
 The batch reads like the single case (``serving.predict``: curation's checks, HU conversion
 and crop; the model's verified session; the EHR rules of ``serving.features``) but shares the
-work between rows: the folder's headers are scanned once, each series is decoded once, the
-online store is read once for all patients, and the model runs on the whole batch. A row that
-cannot be predicted gets an ``error`` instead of failing the batch.
+work between rows: the folder's headers are scanned once, each series is decoded once and
+all its rows' crops cut from it (``serving.series``, on the service's workers when it has
+them), the online store is read once for all patients, and the model runs on the whole batch.
+A row that cannot be predicted gets an ``error`` instead of failing the batch.
 
 Ids in the rows are the hospital's (DICOM SeriesInstanceUID); the results carry the pseudonyms
 curation writes (``cohorts.privacy``). ``predict_batch_loaded`` takes an open session and a
@@ -21,9 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cohorts.dicom import CTVolume, SeriesError
-from cohorts.dicom.series import validate_headers, volume_from_geometry
-from cohorts.privacy import date_shift_days, pseudonymise, shift_date
+from cohorts.privacy import pseudonymise
 from models.onnx_runtime import predict_onnx
 from serving.errors import PredictionError
 from serving.features import (
@@ -34,9 +33,10 @@ from serving.features import (
     open_feature_store,
     row_features,
 )
-from serving.headers import FolderReader, read_folder
+from serving.headers import FolderReader, SeriesMap, map_in_process, read_folder
 from serving.model import ModelSpec, load_model
-from serving.predict import CurationSettings, crop_nodule, model_inputs, parse_date
+from serving.predict import CurationSettings, model_inputs
+from serving.series import SeriesJob, series_crops
 
 
 @dataclass(frozen=True)
@@ -100,38 +100,56 @@ def predict_batch_loaded(
     spec: ModelSpec,
     store: StoreOpener,
     read: FolderReader = read_folder,
+    run: SeriesMap = map_in_process,
 ) -> list[dict[str, Any]]:
-    """``predict_batch`` with the verified session already open, the store behind ``store``
-    and the root's headers read by ``read`` (``serving.headers``)."""
+    """``predict_batch`` with the verified session already open, the store behind ``store``,
+    the root's headers read by ``read`` and each named series decoded and cropped once by
+    ``run`` (``serving.headers``: in this process, or on the service's workers)."""
     frame = _read_annotation_rows(request)
     if not Path(request.dicom_root).is_dir():
         raise PredictionError(f"DICOM folder not found: {request.dicom_root}")
     tree = read(Path(request.dicom_root))
     settings = request.curation.for_model(spec).for_tree(tree)
     key = settings.pseudonym_key
-    volumes: dict[str, tuple[CTVolume, dt.date] | str] = {}
+    assert key is not None  # for_tree resolves it
+    uids = [str(uid) for uid in frame["seriesuid"]]
+    points = [
+        (float(x), float(y), float(z))
+        for x, y, z in frame[["coordX", "coordY", "coordZ"]].itertuples(index=False)
+    ]
+    asked: dict[str, list[tuple[float, float, float]]] = {}  # series -> its rows' points
+    for uid, xyz in zip(uids, points, strict=True):
+        asked.setdefault(uid, []).append(xyz)
+    jobs = [
+        SeriesJob(
+            headers=tuple(tree.series.get(uid, ())),
+            nodules_xyz_mm=tuple(xyzs),
+            min_slices=settings.min_slices,
+            pseudonym_key=key,
+            date_shift_max_days=settings.date_shift_max_days,
+            crop_size_vox=spec.crop_shape_zyx[0],
+            crop_spacing_mm=spec.crop_spacing_mm,
+        )
+        for uid, xyzs in asked.items()
+    ]
+    outcomes = dict(zip(asked, run(series_crops, jobs), strict=True))
+    taken: dict[str, int] = dict.fromkeys(asked, 0)  # crops of each series handed out so far
     results: list[dict[str, Any]] = []
     ready: list[tuple[int, np.ndarray, str, dt.date]] = []
-    for row, rec in enumerate(frame.itertuples(index=False)):
-        uid = str(rec.seriesuid)
+    for row, (uid, xyz) in enumerate(zip(uids, points, strict=True)):
         series_id = pseudonymise(uid, key, "series")
-        xyz = (float(rec.coordX), float(rec.coordY), float(rec.coordZ))
         results.append({"row": row, "series_id": series_id, "nodule_world_mm": list(xyz)})
-        if uid not in volumes:
-            volumes[uid] = _batch_volume(tree.series.get(uid), settings)
-        loaded = volumes[uid]
-        if isinstance(loaded, str):
-            results[-1]["error"] = loaded
+        outcome = outcomes[uid]
+        crop = outcome.crops[taken[uid]] if outcome.error is None else outcome.error
+        taken[uid] += 1
+        if isinstance(crop, str):
+            results[-1]["error"] = crop
             continue
-        volume, scan_date = loaded
-        try:
-            crop = crop_nodule(volume, xyz, spec)
-        except PredictionError as exc:
-            results[-1]["error"] = str(exc)
-            continue
-        patient = pseudonymise(volume.patient_id_raw, key, "patient")
-        results[-1].update({"patient_id": patient, "scan_date": scan_date.isoformat()})
-        ready.append((row, crop, patient, scan_date))
+        assert outcome.scan_date is not None  # set whenever there is no error
+        results[-1].update(
+            {"patient_id": outcome.patient_id, "scan_date": outcome.scan_date.isoformat()}
+        )
+        ready.append((row, crop, outcome.patient_id, outcome.scan_date))
     if not ready:
         return results
     mismatch = spec.key_mismatch(key)
@@ -161,21 +179,3 @@ def predict_batch_loaded(
             results[row]["probability"] = float(p)
             results[row]["model"] = {"name": spec.name, "version": spec.version}
     return results
-
-
-def _batch_volume(
-    headers: list | None, settings: CurationSettings
-) -> tuple[CTVolume, dt.date] | str:
-    """A decoded series and its (shifted) date, or the reason it cannot be used."""
-    if not headers:
-        return "series not found under --dicom-root"
-    try:
-        volume = volume_from_geometry(validate_headers(headers, settings.min_slices))
-    except SeriesError as err:
-        return f"not a usable CT series: {err.index_reason}"
-    if not volume.study_date.strip():
-        return "series has no StudyDate"
-    shift = date_shift_days(
-        volume.patient_id_raw, settings.pseudonym_key, settings.date_shift_max_days
-    )
-    return volume, shift_date(parse_date(volume.study_date), shift)

@@ -7,7 +7,7 @@ come from the Feast online store (or a JSON file) in the order the model's metad
 (``serving.features``, which opens the store with torch imports refused), and the model runs
 through ``load_verified_session`` (``serving.model``), which refuses a file whose sha256 is
 not its card's. Many rows of an annotations.csv at once: ``serving.batch``, which reads its
-series with the settings, parsers and crop here.
+series with the settings here and the decode, date and crop rules of ``serving.series``.
 
 Ids on input are the hospital's (MRN, DICOM UIDs); everything printed uses the pseudonyms
 curation writes (``cohorts.privacy``), so the output joins the curated data and holds no PHI.
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from cohorts.dicom import CTVolume, SeriesError, nodule_crop
+from cohorts.dicom import CTVolume, SeriesError
 from cohorts.dicom.scan import ScanResult
 from cohorts.dicom.select import first_decodable
 from cohorts.dicom.series import validate_headers, volume_from_geometry
@@ -44,6 +44,7 @@ from serving.features import (
 )
 from serving.headers import FolderReader, read_folder
 from serving.model import ModelSpec, load_model
+from serving.series import crop_at, parse_date
 
 
 @dataclass(frozen=True)
@@ -96,15 +97,6 @@ def parse_nodule(text: str) -> tuple[float, float, float]:
     if len(values) != 3 or not all(np.isfinite(values)):
         raise PredictionError(f"--nodule must be three finite numbers X,Y,Z in mm, got {text!r}")
     return values  # type: ignore[return-value]
-
-
-def parse_date(text: str) -> dt.date:
-    """A DICOM ``YYYYMMDD`` or ISO ``YYYY-MM-DD`` date."""
-    cleaned = text.strip().replace("-", "")[:8]
-    try:
-        return dt.datetime.strptime(cleaned, "%Y%m%d").date()
-    except ValueError as exc:
-        raise PredictionError(f"not a date (YYYY-MM-DD): {text!r}") from exc
 
 
 def read_scan(
@@ -205,10 +197,7 @@ def crop_nodule(
     volume: CTVolume, world_xyz_mm: tuple[float, float, float], spec: ModelSpec
 ) -> np.ndarray:
     """The model's crop (shape and spacing from its metadata) with curation's resampling."""
-    try:
-        return nodule_crop(volume, world_xyz_mm, spec.crop_shape_zyx[0], spec.crop_spacing_mm)
-    except ValueError as exc:
-        raise PredictionError(f"nodule outside the volume: {exc}") from exc
+    return crop_at(volume, world_xyz_mm, spec.crop_shape_zyx[0], spec.crop_spacing_mm)
 
 
 # ---------------------------------------------------------------- inputs and the run

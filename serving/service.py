@@ -29,7 +29,7 @@ from typing import Any
 from serving.batch import BatchRequest, predict_batch_loaded
 from serving.errors import PredictionError
 from serving.features import open_feature_store
-from serving.headers import folder_reader
+from serving.headers import folder_reader, series_map
 from serving.model import DEFAULT_MODEL, ModelSpec, load_model, production_model_path
 from serving.predict import (
     CurationSettings,
@@ -91,6 +91,7 @@ class PredictionService:
         self.reloads = 0
         self.started = dt.datetime.now(dt.UTC)
         self._read = folder_reader(config.header_workers)
+        self._series = series_map(self._read)  # a batch's decode and crops, same workers
 
     def close(self) -> None:
         """Stop the header workers, if any (a later request starts them again)."""
@@ -212,7 +213,9 @@ class PredictionService:
                 curation=self.config.curation,
                 allow_missing_ehr=_flag(batch, "allow_missing_ehr"),
             )
-            return predict_batch_loaded(request, session, spec, self._feature_store, self._read)
+            return predict_batch_loaded(
+                request, session, spec, self._feature_store, self._read, self._series
+            )
 
     def _folder(self, request: Mapping[str, Any], name: str) -> Path:
         """A folder the request names, refused outside ``allowed_dirs`` (when configured)."""

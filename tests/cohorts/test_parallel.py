@@ -67,6 +67,19 @@ def test_a_worker_that_dies_is_an_error_naming_the_step_not_a_hang() -> None:
     assert multiprocessing.active_children() == []
 
 
+@pytest.mark.timeout(180)
+def test_a_kept_pool_already_broken_is_a_worker_died_error_too() -> None:
+    """A kept-open pool whose worker died between maps refuses new work at submit
+    (``BrokenProcessPool``): the next map raises ``WorkerDied`` like a death mid-map, so the
+    service's fallback catches both."""
+    with worker_pool(2, (__name__,)) as pool:
+        with pytest.raises(WorkerDied):
+            list(pool_map(_die_on_three, list(range(8)), 2, "first", progress=False, pool=pool))
+        assert pool._broken  # the executor knows before the next submit
+        with pytest.raises(WorkerDied, match="^second: a worker process died"):
+            list(pool_map(_slow_identity, list(range(8)), 2, "second", progress=False, pool=pool))
+
+
 def test_one_worker_pool_serves_several_maps_and_outlives_an_early_stop() -> None:
     """Curation's header pass and decode rounds share one pool: its workers start once."""
     with worker_pool(2, (__name__,)) as pool:

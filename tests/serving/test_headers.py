@@ -83,3 +83,43 @@ def test_one_worker_reads_in_process() -> None:
     assert isinstance(folder_reader(2), PooledFolderReader)
     with pytest.raises(ValueError, match="at least 2 workers"):
         PooledFolderReader(1)
+
+
+def test_pooled_series_work_equals_in_process_and_survives_a_lost_worker(folder: Path) -> None:
+    """A batch's series jobs on the kept-open workers give exactly the in-process results
+    (crops, pseudonyms, dates, reasons), also on the call after a worker was killed."""
+    from serving.headers import map_in_process, series_map
+    from serving.series import SeriesJob, series_crops
+
+    tree = read_folder(folder)
+    jobs = [
+        SeriesJob(
+            headers=tuple(headers),
+            nodules_xyz_mm=((-5.0, -3.0, -16.0), (0.0, 0.0, 900.0)),
+            min_slices=3,
+            pseudonym_key=b"k" * 32,
+            date_shift_max_days=30,
+            crop_size_vox=8,
+            crop_spacing_mm=1.0,
+        )
+        for headers in tree.series.values()
+    ]
+
+    def comparable(results):  # noqa: ANN001, ANN202
+        return [
+            (r.error, r.patient_id, r.scan_date, [c if isinstance(c, str) else c.tobytes() for c in r.crops])
+            for r in results
+        ]  # fmt: skip
+
+    expected = comparable(map_in_process(series_crops, jobs))
+    assert sum(e[0] is None for e in expected) == 2 and expected[0] != expected[1]
+    reader = PooledFolderReader(2)
+    assert series_map(reader) == reader.map_series and series_map(read_folder) is map_in_process
+    try:
+        assert comparable(reader.map_series(series_crops, jobs)) == expected
+        for pid in list(reader._pool._processes):  # type: ignore[union-attr]
+            os.kill(pid, signal.SIGKILL)
+        assert comparable(reader.map_series(series_crops, jobs)) == expected
+        assert reader.restarts == 1
+    finally:
+        reader.close()

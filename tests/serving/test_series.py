@@ -19,6 +19,7 @@ from serving.series import SeriesJob, crop_at, parse_date, series_crops
 from tests.dicom_factory import write_ct_series
 
 KEY = b"k" * 32
+pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR DA")  # "undated", on purpose
 
 
 def _job(headers, points, min_slices: int = 3) -> SeriesJob:  # noqa: ANN001
@@ -38,6 +39,7 @@ def tree(tmp_path: Path):  # noqa: ANN201
     root = tmp_path / "root"
     write_ct_series(root / "good", n_slices=10, study_date="20200115", patient_id="MRN-1", seed=1)
     write_ct_series(root / "gap", n_slices=8, missing_slice=3, seed=2)
+    write_ct_series(root / "undated", n_slices=5, study_date="2020XX15", seed=3)
     return read_folder(root)
 
 
@@ -65,6 +67,8 @@ def test_each_unusable_input_is_a_reason(tree) -> None:  # noqa: ANN001
     assert gap.error is not None and gap.error.startswith("not a usable CT series: ")
     too_few = series_crops(_job(_by_slices(tree, 10), [(0.0, 0.0, -10.0)], min_slices=50))
     assert too_few.error == "not a usable CT series: too_few_slices: 10 < 50"
+    undated = series_crops(_job(_by_slices(tree, 5), [(0.0, 0.0, -10.0)]))
+    assert undated.error == "not a date (YYYY-MM-DD): '2020XX15'"  # its rows fail, not the batch
     outside = series_crops(_job(_by_slices(tree, 10), [(0.0, 0.0, -10.0), (0.0, 0.0, 900.0)]))
     assert outside.error is None and isinstance(outside.crops[0], np.ndarray)
     assert isinstance(outside.crops[1], str) and outside.crops[1].startswith("nodule outside")

@@ -151,6 +151,14 @@ def model_and_store(
     return root, PROFILE
 
 
+def serving_curation(profile: str) -> CurationSettings:
+    """The curation settings `lungjepa --profile <profile> serve` and `predict` run with."""
+    return CurationSettings(
+        min_slices=int(section("curate", profile)["min_slices"]),
+        date_shift_max_days=privacy_config(profile).date_shift_max_days,
+    )
+
+
 def run(
     size: BenchSize, work_dir: Path, pipeline_root: Path | None = None, profile: str = PROFILE
 ) -> BenchResult:
@@ -159,11 +167,7 @@ def run(
     result = BenchResult("predict", "Predict latency: end to end, model only, CLI", COMMAND)
     root, profile = model_and_store(result, work_dir, pipeline_root, profile)
     case = patient_case(root, work_dir / "predict" / "patient_dicom")
-    curate = section("curate", profile)
-    settings = CurationSettings(
-        min_slices=int(curate["min_slices"]),
-        date_shift_max_days=privacy_config(profile).date_shift_max_days,
-    )
+    settings = serving_curation(profile)
     request = PredictRequest(
         dicom_dir=case["folder"],
         nodule_xyz_mm=case["nodule"],

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cohorts.dicom.scan import ScanResult
 from cohorts.privacy import pseudonymise
 from models.onnx_runtime import predict_onnx
 from serving.errors import PredictionError
@@ -112,28 +113,10 @@ def predict_batch_loaded(
     settings = request.curation.for_model(spec).for_tree(tree)
     key = settings.pseudonym_key
     assert key is not None  # for_tree resolves it
-    uids = [str(uid) for uid in frame["seriesuid"]]
-    points = [
-        (float(x), float(y), float(z))
-        for x, y, z in frame[["coordX", "coordY", "coordZ"]].itertuples(index=False)
-    ]
-    asked: dict[str, list[tuple[float, float, float]]] = {}  # series -> its rows' points
-    for uid, xyz in zip(uids, points, strict=True):
-        asked.setdefault(uid, []).append(xyz)
-    jobs = [
-        SeriesJob(
-            headers=tuple(tree.series.get(uid, ())),
-            nodules_xyz_mm=tuple(xyzs),
-            min_slices=settings.min_slices,
-            pseudonym_key=key,
-            date_shift_max_days=settings.date_shift_max_days,
-            crop_size_vox=spec.crop_shape_zyx[0],
-            crop_spacing_mm=spec.crop_spacing_mm,
-        )
-        for uid, xyzs in asked.items()
-    ]
-    outcomes = dict(zip(asked, run(series_crops, jobs), strict=True))
-    taken: dict[str, int] = dict.fromkeys(asked, 0)  # crops of each series handed out so far
+    uids, points = _series_and_points(frame)
+    jobs = series_jobs(frame, tree, settings, spec)
+    outcomes = dict(zip(jobs, run(series_crops, list(jobs.values())), strict=True))
+    taken: dict[str, int] = dict.fromkeys(jobs, 0)  # crops of each series handed out so far
     results: list[dict[str, Any]] = []
     ready: list[tuple[int, np.ndarray, str, dt.date]] = []
     for row, (uid, xyz) in enumerate(zip(uids, points, strict=True)):
@@ -173,9 +156,51 @@ def predict_batch_loaded(
         batch.append(model_inputs(crop, ehr, spec))
         rows.append(row)
     if batch:
-        stacked = tuple(np.concatenate(parts) for parts in zip(*batch, strict=True))
-        probabilities = predict_onnx(session, stacked)
+        probabilities = batch_probabilities(session, batch)
         for row, p in zip(rows, probabilities, strict=True):
             results[row]["probability"] = float(p)
             results[row]["model"] = {"name": spec.name, "version": spec.version}
     return results
+
+
+def _series_and_points(frame: pd.DataFrame) -> tuple[list[str], list[tuple[float, float, float]]]:
+    """Each annotation row's SeriesInstanceUID and world point (mm), in row order."""
+    uids = [str(uid) for uid in frame["seriesuid"]]
+    points = [
+        (float(x), float(y), float(z))
+        for x, y, z in frame[["coordX", "coordY", "coordZ"]].itertuples(index=False)
+    ]
+    return uids, points
+
+
+def series_jobs(
+    frame: pd.DataFrame, tree: ScanResult, settings: CurationSettings, spec: ModelSpec
+) -> dict[str, SeriesJob]:
+    """One ``SeriesJob`` per series the rows name (by SeriesInstanceUID, in first-named order),
+    its rows' points in row order: each series is decoded once however many rows name it.
+
+    ``frame``: LUNA16 rows (seriesuid, coordX/Y/Z in mm); ``settings`` with the key resolved.
+    """
+    assert settings.pseudonym_key is not None  # CurationSettings.for_tree resolves it
+    asked: dict[str, list[tuple[float, float, float]]] = {}
+    for uid, xyz in zip(*_series_and_points(frame), strict=True):
+        asked.setdefault(uid, []).append(xyz)
+    return {
+        uid: SeriesJob(
+            headers=tuple(tree.series.get(uid, ())),
+            nodules_xyz_mm=tuple(xyzs),
+            min_slices=settings.min_slices,
+            pseudonym_key=settings.pseudonym_key,
+            date_shift_max_days=settings.date_shift_max_days,
+            crop_size_vox=spec.crop_shape_zyx[0],
+            crop_spacing_mm=spec.crop_spacing_mm,
+        )
+        for uid, xyzs in asked.items()
+    }
+
+
+def batch_probabilities(session: Any, rows: list[tuple[np.ndarray, ...]]) -> np.ndarray:
+    """One model run over the rows' inputs (each ``serving.predict.model_inputs``, batch 1),
+    stacked along the batch axis: (n_rows,) probabilities."""
+    stacked = tuple(np.concatenate(parts) for parts in zip(*rows, strict=True))
+    return predict_onnx(session, stacked)

@@ -193,9 +193,18 @@ def test_serve_benchmark_on_the_shared_tiny_pipeline(tiny_pipeline: tuple, tmp_p
     assert rows["batch of 32 rows, end to end"]["n"] == record["config"]["batch_requests"] > 0
     ratio = rows["batch-32 throughput"]["median"] / rows["single-case throughput"]["median"]
     assert record["ratios"][0]["value"] == pytest.approx(ratio)
-    dicom = rows["batch DICOM work per row (scan + decode, 32 rows)"]
-    assert dicom["n"] == record["config"]["batch_requests"] and dicom["median"] > 0
-    assert "ceiling of batch-32 / single-case throughput" in {r["label"] for r in record["ratios"]}
+    dicom = rows["batch DICOM work per row (scan, decode, crop; 32 rows)"]
+    model = rows["batch model work per row (one ONNX run over 32 rows)"]
+    for row in (dicom, model):
+        assert row["n"] == record["config"]["batch_requests"] and row["median"] > 0
+    ratios = {r["label"]: r["value"] for r in record["ratios"]}
+    single_ms = (
+        sum(rows["single case, end to end"]["samples"]) / rows["single case, end to end"]["n"]
+    )
+    ceiling = ratios["ceiling of batch-32 / single-case throughput"]
+    assert ceiling == pytest.approx(single_ms / (dicom["median"] + model["median"]))
+    share = ratios["batch-32 / single-case throughput, share of its ceiling"]
+    assert share == pytest.approx(record["ratios"][0]["value"] / ceiling)
 
 
 def test_run_all_merges_and_renders(tmp_path: Path) -> None:

@@ -67,11 +67,15 @@ class CurationSettings:
         return replace(self, date_shift_max_days=spec.date_shift_max_days)
 
     def for_tree(self, tree: ScanResult) -> CurationSettings:
-        """These settings with the key resolved for the series found in `tree`."""
+        """These settings with the key resolved for the series found in `tree`.
+
+        A request folder has no marker file (curation's ``cohort_is_synthetic`` requires one),
+        so the demo key applies only when it holds series and every file carries the mark.
+        """
         if self.pseudonym_key is not None:
             return self
-        marks = [h.synthetic for headers in tree.series.values() for h in headers]
-        return replace(self, pseudonym_key=resolve_key(bool(marks) and all(marks)))
+        synthetic = bool(tree.series) and tree.unmarked_series() == 0
+        return replace(self, pseudonym_key=resolve_key(synthetic))
 
 
 @dataclass

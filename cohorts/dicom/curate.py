@@ -177,7 +177,7 @@ def cohort_is_synthetic(raw_dir: Path, scan: ScanResult) -> bool:
     """
     if not is_marked_synthetic(raw_dir):
         return False
-    unmarked = sum(not all(h.synthetic for h in hs) for hs in scan.series.values())
+    unmarked = scan.unmarked_series()
     if unmarked:
         raise ValueError(
             f"{raw_dir} carries {SYNTHETIC_MARKER} but {unmarked} of its {len(scan.series)} "

@@ -111,6 +111,15 @@ class ScanResult:
     bad_files: list[tuple[Path, str]] = field(default_factory=list)
     skipped_files: list[Path] = field(default_factory=list)
 
+    def unmarked_series(self) -> int:
+        """Series with a file that lacks the generator's DICOM mark (``SliceHeader.synthetic``).
+
+        The one test of "these images are generated": the demo key may pseudonymise only
+        series where it is 0 (``cohorts.privacy``; curation also needs the folder's marker
+        file, which a request folder for serving does not have).
+        """
+        return sum(not all(h.synthetic for h in headers) for headers in self.series.values())
+
 
 def iter_files(root: Path) -> Iterator[Path]:
     """Every regular file under ``root`` in a stable order, following no symlinked dirs."""

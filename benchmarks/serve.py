@@ -34,7 +34,7 @@ from benchmarks.predict import PROFILE, REPO, model_and_store, serving_curation
 from cohorts.dicom.scan import iter_files, scan_dicom_tree
 from cohorts.files import atomic_write_bytes
 from orchestration.params import section
-from serving.batch import batch_probabilities, series_jobs
+from serving.batch import annotation_points, batch_probabilities, series_jobs
 from serving.features import EhrInput
 from serving.headers import FolderReader, folder_reader, series_map
 from serving.model import ModelSpec, load_model, resolve_model_path
@@ -114,9 +114,8 @@ def batch_unshared_seconds(
     (``batch_probabilities``: its cost grows with the rows). No store, no HTTP."""
     started = time.perf_counter()
     tree = read(Path(batch["dicom_root"]))
-    jobs = series_jobs(
-        pd.DataFrame(batch["annotations"]), tree, settings.for_model(spec).for_tree(tree), spec
-    )
+    points = annotation_points(pd.DataFrame(batch["annotations"]))
+    jobs = series_jobs(points, tree, settings.for_model(spec).for_tree(tree), spec)
     outcomes = series_map(read)(series_crops, list(jobs.values()))
     dicom_done = time.perf_counter()
     no_ehr = EhrInput(dict.fromkeys(spec.ehr_feature_names, 0.0), False, "none")

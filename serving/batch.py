@@ -113,13 +113,13 @@ def predict_batch_loaded(
     settings = request.curation.for_model(spec).for_tree(tree)
     key = settings.pseudonym_key
     assert key is not None  # for_tree resolves it
-    uids, points = _series_and_points(frame)
-    jobs = series_jobs(frame, tree, settings, spec)
+    points = annotation_points(frame)
+    jobs = series_jobs(points, tree, settings, spec)
     outcomes = dict(zip(jobs, run(series_crops, list(jobs.values())), strict=True))
     taken: dict[str, int] = dict.fromkeys(jobs, 0)  # crops of each series handed out so far
     results: list[dict[str, Any]] = []
     ready: list[tuple[int, np.ndarray, str, dt.date]] = []
-    for row, (uid, xyz) in enumerate(zip(uids, points, strict=True)):
+    for row, (uid, xyz) in enumerate(points):
         series_id = pseudonymise(uid, key, "series")
         results.append({"row": row, "series_id": series_id, "nodule_world_mm": list(xyz)})
         outcome = outcomes[uid]
@@ -163,27 +163,29 @@ def predict_batch_loaded(
     return results
 
 
-def _series_and_points(frame: pd.DataFrame) -> tuple[list[str], list[tuple[float, float, float]]]:
-    """Each annotation row's SeriesInstanceUID and world point (mm), in row order."""
-    uids = [str(uid) for uid in frame["seriesuid"]]
-    points = [
-        (float(x), float(y), float(z))
-        for x, y, z in frame[["coordX", "coordY", "coordZ"]].itertuples(index=False)
+def annotation_points(frame: pd.DataFrame) -> list[tuple[str, tuple[float, float, float]]]:
+    """Each LUNA16 row's (SeriesInstanceUID, world point in mm), in row order."""
+    coords = frame[["coordX", "coordY", "coordZ"]].itertuples(index=False)
+    return [
+        (str(uid), (float(x), float(y), float(z)))
+        for uid, (x, y, z) in zip(frame["seriesuid"], coords, strict=True)
     ]
-    return uids, points
 
 
 def series_jobs(
-    frame: pd.DataFrame, tree: ScanResult, settings: CurationSettings, spec: ModelSpec
+    points: list[tuple[str, tuple[float, float, float]]],
+    tree: ScanResult,
+    settings: CurationSettings,
+    spec: ModelSpec,
 ) -> dict[str, SeriesJob]:
     """One ``SeriesJob`` per series the rows name (by SeriesInstanceUID, in first-named order),
     its rows' points in row order: each series is decoded once however many rows name it.
 
-    ``frame``: LUNA16 rows (seriesuid, coordX/Y/Z in mm); ``settings`` with the key resolved.
+    ``points``: ``annotation_points`` of the rows; ``settings`` with the key resolved.
     """
     assert settings.pseudonym_key is not None  # CurationSettings.for_tree resolves it
     asked: dict[str, list[tuple[float, float, float]]] = {}
-    for uid, xyz in zip(*_series_and_points(frame), strict=True):
+    for uid, xyz in points:
         asked.setdefault(uid, []).append(xyz)
     return {
         uid: SeriesJob(

@@ -249,9 +249,14 @@ def _to_hu(
     """Stored values -> HU (float32), with the padding value (or range) set to air."""
     hu = stored.astype(np.float32) * np.float32(slope) + np.float32(intercept)
     if padding is not None:
-        lo, hi = (padding, padding) if limit is None else sorted((padding, limit))
-        hu[(stored >= lo) & (stored <= hi)] = HU_MIN
+        hu[_padding_mask(stored, padding, limit)] = HU_MIN
     return hu
+
+
+def _padding_mask(stored: np.ndarray, padding: int, limit: int | None) -> np.ndarray:
+    """Stored values equal to PixelPaddingValue, or within it and PixelPaddingRangeLimit."""
+    lo, hi = (padding, padding) if limit is None else sorted((padding, limit))
+    return (stored >= lo) & (stored <= hi)
 
 
 def _stored_hu(hu: np.ndarray) -> np.ndarray:
@@ -271,15 +276,19 @@ def _rescale_to_stored_hu(
     |intercept| < 2**23 every float32 intermediate is an exact integer (below 2**24), so
     integer addition gives the same int16 values bit for bit (tests/cohorts/test_hu_rescale.py).
     """
-    if slope != 1.0 or not float(intercept).is_integer() or abs(intercept) >= 2**23:
-        return _stored_hu(_to_hu(stored, slope, intercept, padding, limit))
-    if stored.dtype.kind not in "iu" or stored.dtype.itemsize > 2:
+    exact = (
+        slope == 1.0
+        and float(intercept).is_integer()
+        and abs(intercept) < 2**23
+        and stored.dtype.kind in "iu"
+        and stored.dtype.itemsize <= 2
+    )
+    if not exact:
         return _stored_hu(_to_hu(stored, slope, intercept, padding, limit))
     hu = stored.astype(np.int32)
     hu += int(intercept)
     if padding is not None:
-        lo, hi = (padding, padding) if limit is None else sorted((padding, limit))
-        hu[(stored >= lo) & (stored <= hi)] = HU_MIN
+        hu[_padding_mask(stored, padding, limit)] = HU_MIN
     return np.clip(hu, HU_MIN, HU_MAX).astype(np.int16)
 
 

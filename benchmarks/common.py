@@ -107,21 +107,30 @@ def percentiles_ms(seconds: list[float]) -> dict[str, float]:
 
 
 def interleaved(
-    cases: Mapping[str, Callable[[], Any]], reps: int, warmup: int
+    cases: Mapping[str, Callable[[], Any]],
+    reps: int,
+    warmup: int,
+    after: Callable[[], None] | None = None,
 ) -> dict[str, list[tuple[float, Any]]]:
     """Run every case `warmup` times untimed, then `reps` rounds of one timed call per case.
 
+    ``after``: called untimed after every call, e.g. to delete what the case wrote (removing
+    outputs is not the work measured, and a case that reads nothing back would not pay it).
     Returns case -> [(seconds, return value)] in round order.
     """
     for _ in range(warmup):
         for func in cases.values():
             func()
+            if after is not None:
+                after()
     out: dict[str, list[tuple[float, Any]]] = {name: [] for name in cases}
     for _ in range(reps):
         for name, func in cases.items():
             started = time.perf_counter()
             value = func()
             out[name].append((time.perf_counter() - started, value))
+            if after is not None:
+                after()
     return out
 
 

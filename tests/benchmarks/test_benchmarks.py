@@ -65,6 +65,9 @@ def test_summarise_and_interleaving_order() -> None:
     timed = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 2, 1)
     assert calls == ["a", "b"] * 3  # warm-up round, then rounds alternate case by case
     assert [len(v) for v in timed.values()] == [2, 2]
+    calls.clear()
+    interleaved({"a": lambda: calls.append("a")}, 2, 1, after=lambda: calls.append("after"))
+    assert calls == ["a", "after"] * 3  # after every call, warm-up included
     stats = summarise([3.0, 1.0, 2.0])
     assert (stats["median"], stats["min"], stats["max"], stats["n"]) == (2.0, 1.0, 3.0, 3)
     with pytest.raises(ValueError):

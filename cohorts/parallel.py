@@ -13,6 +13,11 @@ so no worker starts with a copied lock), under
 ``concurrent.futures.ProcessPoolExecutor``, which fails every pending result with
 ``BrokenProcessPool`` when a worker dies, re-raised here as ``WorkerDied``.
 
+Workers leave with their parent: each watches the process that started its pool and exits
+when it is gone. A worker otherwise blocks on its task queue, whose write end it holds itself,
+so a parent killed (SIGKILL, the OOM killer, a stopped service) would leave its workers and
+their memory behind for good.
+
 Start-up cost: like spawn, a forkserver worker re-imports the parent's ``__main__`` when it
 starts (unless that is a package's ``__main__``: pytest, ``python -m dagster``), so entry
 points stay light (the ``lungjepa`` script, ``benchmarks.run``; tests/cohorts/test_parallel.py
@@ -23,6 +28,10 @@ and its decode rounds), so its workers start once per run.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import select
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -49,7 +58,44 @@ def process_pool(workers: int, preload: Sequence[str] = ()) -> ProcessPoolExecut
     ctx = multiprocessing.get_context("forkserver")
     if preload:
         ctx.set_forkserver_preload(list(preload))
-    return ProcessPoolExecutor(workers, mp_context=ctx)
+    return ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=exit_with_parent, initargs=(os.getpid(),)
+    )
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """Pool-worker initializer: end this process as soon as ``parent_pid`` has exited.
+
+    A daemon thread waits on a pidfd of the parent (Linux; readable once it exits, zombie
+    included), else polls it once a second, then leaves with ``os._exit``: the parent's
+    results can no longer be delivered, so there is nothing to finish or flush.
+    """
+    threading.Thread(
+        target=_wait_then_exit, args=(parent_pid,), name="exit-with-parent", daemon=True
+    ).start()
+
+
+def _wait_then_exit(parent_pid: int) -> None:
+    try:
+        handle = os.pidfd_open(parent_pid)
+    except (AttributeError, OSError):  # not Linux >= 5.3, or the parent is already gone
+        handle = None
+    if handle is not None:
+        select.select([handle], [], [])
+    else:
+        while _alive(parent_pid):
+            time.sleep(1.0)
+    os._exit(0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextmanager

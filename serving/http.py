@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
@@ -94,7 +95,15 @@ def create_app(service: PredictionService) -> Starlette:
         results = service.predict_batch(payload)
         return {"results": results, "failed": sum("error" in r for r in results)}
 
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # uvicorn re-raises SIGTERM / SIGINT after its graceful shutdown, which ends the
+        # process before the caller's `finally`: the DICOM workers are stopped here
+        yield
+        await run_in_threadpool(service.close)
+
     return Starlette(
+        lifespan=lifespan,
         routes=[
             Route("/health", health, methods=["GET"]),
             Route("/models", models, methods=["GET"]),

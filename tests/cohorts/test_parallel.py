@@ -7,10 +7,15 @@ import os
 import subprocess
 import sys
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
 from cohorts.parallel import WorkerDied, pool_map, worker_pool
+from tests.processes import running
+
+REPO = Path(__file__).resolve().parents[2]
 
 # held by the parent while it maps: a forked worker would inherit it locked and block forever
 HELD = threading.Lock()
@@ -78,6 +83,30 @@ def test_a_kept_pool_already_broken_is_a_worker_died_error_too() -> None:
         assert pool._broken  # the executor knows before the next submit
         with pytest.raises(WorkerDied, match="^second: a worker process died"):
             list(pool_map(_slow_identity, list(range(8)), 2, "second", progress=False, pool=pool))
+
+
+@pytest.mark.timeout(180)
+def test_workers_end_when_the_process_that_started_them_is_killed() -> None:
+    """A run killed with SIGKILL (or by the OOM killer) leaves no pool worker behind: each
+    watches its parent and exits (``exit_with_parent``)."""
+    script = (
+        "import os, signal\n"
+        "from cohorts.parallel import process_pool\n"
+        "pool = process_pool(2)\n"
+        "pids = {pool.submit(os.getpid).result() for _ in range(8)}\n"
+        "print(' '.join(map(str, pids)), flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert child.returncode == -9, child.stderr
+    workers = [int(pid) for pid in child.stdout.split()]
+    assert workers
+    deadline = time.monotonic() + 20
+    while any(running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in workers if running(pid)]
 
 
 def test_one_worker_pool_serves_several_maps_and_outlives_an_early_stop() -> None:

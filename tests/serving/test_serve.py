@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +27,7 @@ import pytest
 from cohorts.dicom.scan import scan_dicom_tree
 from orchestration.params import privacy_config, section
 from serving.predict import CurationSettings, PredictRequest, predict
+from tests.processes import descendants, running
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,29 +62,34 @@ def root(tiny_pipeline: tuple, tmp_path_factory: pytest.TempPathFactory) -> Path
     return copy
 
 
-@pytest.fixture(scope="module")
-def server(root: Path) -> Iterator[str]:
+def _start_server(root: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    """`lungjepa --profile tiny serve` on a free port, once /health answers."""
     port = _free_port()
     argv = [
         sys.executable, "-m", "orchestration.cli", "--profile", "tiny", "serve",
         "--port", str(port), "--data-dir", str(root / "data"),
         "--artifacts-dir", str(root / "artifacts"),
     ]  # fmt: skip
-    log = root / "serve.log"
     with log.open("w") as out:
         proc = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if call(base, "/health")[0] == 200:
+                return proc, base
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"server did not start: {log.read_text()}")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def server(root: Path) -> Iterator[str]:
+    proc, base = _start_server(root, root / "serve.log")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if call(base, "/health")[0] == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            assert proc.poll() is None, f"server exited: {log.read_text()}"
-            assert time.monotonic() < deadline, f"server did not start: {log.read_text()}"
-            time.sleep(0.2)
         yield base
     finally:
         proc.terminate()
@@ -270,3 +277,25 @@ def test_folders_outside_allow_dir_are_refused(root: Path, case: dict[str, Any])
             service.predict(_case_body(case, dicom_dir=folder))
     with pytest.raises(PathNotAllowed, match="dicom_root"):
         service.predict_batch({"dicom_root": case["dicom_root"], "annotations": []})
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGKILL"])
+def test_a_stopped_server_leaves_no_dicom_worker_behind(
+    root: Path, case: dict[str, Any], tmp_path: Path, stop: str
+) -> None:
+    """The service's kept-open DICOM workers (forkserver and pool) end with it: on SIGTERM its
+    graceful shutdown closes them (uvicorn re-raises the signal before the CLI's `finally`),
+    and on SIGKILL each worker sees its parent gone and exits (``cohorts.parallel``)."""
+    proc, base = _start_server(root, tmp_path / "serve.log")
+    try:
+        status, body = call(base, "/predict", _case_body(case))
+        assert status == 200, body
+        workers = descendants(proc.pid)
+        assert len(workers) >= 3, workers  # the forkserver and header_workers (2) processes
+    finally:
+        os.kill(proc.pid, getattr(signal, stop))
+        proc.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while any(running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in workers if running(pid)], (tmp_path / "serve.log").read_text()

@@ -83,18 +83,19 @@ def _wait_then_exit(parent_pid: int) -> None:
     if handle is not None:
         select.select([handle], [], [])
     else:
-        while _alive(parent_pid):
+        while process_alive(parent_pid):
             time.sleep(1.0)
     os._exit(0)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a zombie not yet reaped counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        return True  # someone else's live process
     return True
 
 

@@ -11,23 +11,14 @@ instance, and its slots are freed through the instance's event-log storage.
 
 from __future__ import annotations
 
-import os
 import socket
 
 import dagster as dg
 
+from cohorts.parallel import process_alive
+
 _ACTIVE = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 HOST_TAG = "lungjepa/host"  # the machine whose process executes the run (run_tags)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    return True
 
 
 def worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
@@ -55,7 +46,7 @@ def recover_dead_runs(instance: dg.DagsterInstance) -> list[str]:
         if run.tags.get(HOST_TAG, host) != host:
             continue
         pid = worker_pid(instance, run.run_id)
-        if pid is None or _alive(pid):
+        if pid is None or process_alive(pid):
             continue
         instance.report_run_failed(run, f"run worker (pid {pid}) is gone: the run was killed")
         if instance.event_log_storage.supports_global_concurrency_limits:
